@@ -1,0 +1,19 @@
+"""What `reproduce` runs: paper key -> experiment names (experiments/<paper>/<name>.py)."""
+
+EXPERIMENTS = {
+    'trained_lsa': ['gradient_flow', 'prediction_error', 'distribution_shift',
+                    'random_covariance'],
+}
+
+PAPERS = {
+    'trained_lsa': 'Zhang, Frei & Bartlett, Trained Transformers Learn Linear Models In-Context '
+                   '(arXiv 2306.09927, JMLR 2024)',
+}
+
+
+def config_path(paper: str, name: str) -> str:
+  return f'experiments/{paper}/configs/{name}.py'
+
+
+def module(paper: str, name: str) -> str:
+  return f'experiments.{paper}.{name}'

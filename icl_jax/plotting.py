@@ -1,0 +1,57 @@
+"""Matplotlib figures in the papers' style: curves with error bands, weight heatmaps.
+
+Functions return a Figure; `results.write_run` saves it. The Agg backend is used so figures
+render without a display (CI, batch jobs); notebooks show the returned Figure inline.
+"""
+
+from typing import Mapping, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg', force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def curves(x, ys: Mapping[str, Sequence[float]], *, xlabel: str, ylabel: str, title: str = '',
+           errs: Optional[Mapping[str, Sequence[float]]] = None, styles: Optional[Mapping] = None,
+           logx: bool = False, logy: bool = False, hlines: Optional[Mapping[str, float]] = None,
+           xs: Optional[Mapping[str, Sequence[float]]] = None):
+  """Named curves y(x), with optional +-2 stderr bands and dashed horizontal reference lines."""
+  fig, ax = plt.subplots(figsize=(5.2, 3.8))
+  for name, y in ys.items():
+    xv = np.asarray(xs[name] if xs and name in xs else x)
+    y = np.asarray(y)
+    style = dict((styles or {}).get(name, {}))
+    line, = ax.plot(xv, y, label=name, **style)
+    if errs and name in errs:
+      e = 2.0 * np.asarray(errs[name])
+      ax.fill_between(xv, y - e, y + e, color=line.get_color(), alpha=0.2, lw=0)
+  for name, value in (hlines or {}).items():
+    ax.axhline(value, ls='--', lw=1, color='k' if 'LSA' in name else 'gray', label=name)
+  ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+  if logx:
+    ax.set_xscale('log')
+  if logy:
+    ax.set_yscale('log')
+  ax.grid(alpha=0.3, which='both')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return fig
+
+
+def heatmaps(mats: Mapping[str, np.ndarray], *, title: str = ''):
+  """Side-by-side heatmaps on a shared symmetric colour scale (learned vs theory weights)."""
+  mats = {k: np.asarray(v) for k, v in mats.items()}
+  vmax = max(float(np.abs(m).max()) for m in mats.values()) or 1.0
+  fig, axes = plt.subplots(1, len(mats), figsize=(2.8 * len(mats) + 0.8, 2.8))
+  axes = np.atleast_1d(axes)
+  for ax, (name, m) in zip(axes, mats.items()):
+    im = ax.imshow(m, cmap='RdBu_r', vmin=-vmax, vmax=vmax)
+    ax.set_title(name, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.colorbar(im, ax=list(axes), shrink=0.8)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return fig

@@ -1,0 +1,107 @@
+"""Monte-Carlo population expectations over prompts, chunked so memory stays flat.
+
+A statistic is written for one prompt, vmapped over the keys of a chunk, and the chunks run in
+`lax.scan`, so memory is O(chunk) whatever the number of prompts. Chunk c uses the keys
+`split(fold_in(key, c), chunk)`: a given (key, chunk) gives the same prompts on any number of
+devices. With a mesh, each chunk's keys are sharded over its 'data' axis (parameters replicated).
+
+Exact population losses, where a closed form exists, live in `icl_jax.theory`.
+"""
+
+import functools
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from icl_jax import distributed
+
+PyTree = Any
+
+
+def _chunk_keys(key, c, chunk, mesh):
+  keys = jax.random.split(jax.random.fold_in(key, c), chunk)
+  if mesh is not None:
+    keys = jax.lax.with_sharding_constraint(keys, distributed.batch_sharding(mesh))
+  return keys
+
+
+def _check_sizes(num_samples, chunk, mesh):
+  if num_samples <= 0 or chunk <= 0 or num_samples % chunk:
+    raise ValueError(f'num_samples={num_samples} must be a positive multiple of chunk={chunk}')
+  distributed.check_divisible(chunk, 'chunk', mesh)
+
+
+@functools.partial(jax.jit, static_argnames=('stat_fn', 'sample', 'num_samples', 'chunk', 'mesh'))
+def mc_stats(stat_fn: Callable[..., PyTree], sample: Callable[[jax.Array], Any], key: jax.Array,
+             args: PyTree = (), *, num_samples: int, chunk: int,
+             mesh: Optional[jax.sharding.Mesh] = None) -> tuple[PyTree, PyTree]:
+  """Mean and standard error of stat_fn(sample(k), *args) over num_samples independent keys.
+
+  Args:
+    stat_fn: (prompt, *args) -> pytree of arrays, for one prompt.
+    sample: key -> prompt (one prompt per key).
+    key: PRNG key.
+    args: traced arguments of stat_fn (e.g. model parameters).
+    num_samples: number of prompts; a multiple of chunk.
+    chunk: prompts per vmapped chunk; bounds memory.
+    mesh: optional data mesh; chunk must divide over it.
+
+  Returns:
+    (mean, stderr), pytrees like stat_fn's output; stderr = sample std / sqrt(num_samples).
+  """
+  _check_sizes(num_samples, chunk, mesh)
+
+  def one_chunk(_, c):
+    vals = jax.vmap(lambda k: stat_fn(sample(k), *args))(_chunk_keys(key, c, chunk, mesh))
+    mean = jax.tree.map(lambda v: jnp.mean(v, axis=0), vals)
+    var = jax.tree.map(lambda v: jnp.var(v, axis=0), vals)
+    return None, (mean, var)
+
+  _, (means, vars_) = jax.lax.scan(one_chunk, None, jnp.arange(num_samples // chunk))
+  mean = jax.tree.map(lambda m: jnp.mean(m, axis=0), means)
+  # Pooled variance over equal-sized chunks: within-chunk plus between-chunk parts.
+  var = jax.tree.map(lambda v, m, mu: jnp.mean(v, axis=0) + jnp.mean(jnp.square(m - mu), axis=0),
+                     vars_, means, mean)
+  stderr = jax.tree.map(lambda v: jnp.sqrt(v / num_samples), var)
+  return mean, stderr
+
+
+def mc_loss(loss_fn: Callable[[PyTree, Any], jax.Array], sample: Callable[[jax.Array], Any],
+            params: PyTree, key: jax.Array, *, num_prompts: int, chunk: int,
+            mesh: Optional[jax.sharding.Mesh] = None) -> tuple[jax.Array, jax.Array]:
+  """Monte-Carlo population loss E loss_fn(params, prompt): (mean, stderr)."""
+  return mc_stats(_swap(loss_fn), sample, key, (params,), num_samples=num_prompts, chunk=chunk,
+                  mesh=mesh)
+
+
+@functools.cache
+def _swap(loss_fn):
+  return lambda prompt, params: loss_fn(params, prompt)
+
+
+@functools.partial(jax.jit, static_argnames=('loss_fn', 'sample', 'num_prompts', 'chunk', 'mesh'))
+def mc_value_and_grad(loss_fn: Callable[[PyTree, Any], jax.Array],
+                      sample: Callable[[jax.Array], Any], params: PyTree, key: jax.Array, *,
+                      num_prompts: int, chunk: int,
+                      mesh: Optional[jax.sharding.Mesh] = None) -> tuple[jax.Array, PyTree]:
+  """Monte-Carlo population loss and its gradient in params, chunked (memory flat in num_prompts).
+
+  Returns:
+    (mean loss, gradient of the mean loss), the same prompts for both.
+  """
+  _check_sizes(num_prompts, chunk, mesh)
+
+  def chunk_loss(p, c):
+    prompts = jax.vmap(sample)(_chunk_keys(key, c, chunk, mesh))
+    return jnp.mean(jax.vmap(loss_fn, in_axes=(None, 0))(p, prompts))
+
+  def one_chunk(carry, c):
+    loss_sum, grad_sum = carry
+    loss, grad = jax.value_and_grad(chunk_loss)(params, c)
+    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grad)), None
+
+  num_chunks = num_prompts // chunk
+  zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+  (loss_sum, grad_sum), _ = jax.lax.scan(one_chunk, zero, jnp.arange(num_chunks))
+  return loss_sum / num_chunks, jax.tree.map(lambda g: g / num_chunks, grad_sum)

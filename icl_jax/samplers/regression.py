@@ -1,0 +1,198 @@
+"""Linear-regression prompts, one per key (Zhang, Frei & Bartlett 2023, Secs. 3.3, 4.2, 4.3).
+
+Covariates x_i, x_query ~ N(0, Lambda); labels from a task: linear with w ~ N(0, I) (Sec. 3.3),
+a fixed w, a noisy linear model, or a nonlinear function (task shift, Sec. 4.2); the query may
+come from another Gaussian or be orthogonal to the context span (query shift, Sec. 4.2);
+Lambda may itself be a random diagonal matrix drawn per prompt (Sec. 4.3).
+
+`cov` arguments are either a [d] vector (the diagonal of Lambda) or a [d, d] matrix.
+"""
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from icl_jax.prompts import LinearPromptStats, Prompt
+
+COVARIANCE_LAWS = ('exponential', 'uniform', 'chi2_1')
+QUERY_KINDS = ('same', 'gaussian', 'orthogonal')
+
+
+def _cov_sqrt(cov: jax.Array) -> jax.Array:
+  """A factor R with R R^T = cov (the diagonal's square root for a [d] cov)."""
+  cov = jnp.asarray(cov)
+  if cov.ndim == 1:
+    return jnp.diag(jnp.sqrt(cov))
+  return jnp.linalg.cholesky(cov)
+
+
+def gaussian(key: jax.Array, n: int, cov: jax.Array) -> jax.Array:
+  """n i.i.d. draws from N(0, cov): [n, d]."""
+  cov = jnp.asarray(cov)
+  z_NxD = jax.random.normal(key, (n, cov.shape[0]))
+  if cov.ndim == 1:
+    return z_NxD * jnp.sqrt(cov)[None, :]
+  return z_NxD @ _cov_sqrt(cov).T
+
+
+def random_diagonal(key: jax.Array, d: int, law: str = 'exponential',
+                    scale: float = 1.0) -> jax.Array:
+  """Diagonal of a random covariance Lambda_tau = scale * diag(lambda_1..lambda_d), Sec. 4.3.
+
+  Args:
+    key: PRNG key.
+    d: dimension.
+    law: law of the i.i.d. lambda_i: 'exponential' (Exp(1), the paper's), 'uniform' (U(0, 2)),
+      or 'chi2_1' (chi-squared with one degree of freedom). All have mean 1.
+    scale: the factor c multiplying Lambda (Fig. 1 uses c in {1, 4, 9}).
+
+  Returns:
+    [d] positive diagonal.
+  """
+  if law == 'exponential':
+    lam = jax.random.exponential(key, (d,))
+  elif law == 'uniform':
+    lam = jax.random.uniform(key, (d,), minval=0.0, maxval=2.0)
+  elif law == 'chi2_1':
+    lam = jnp.square(jax.random.normal(key, (d,)))
+  else:
+    raise ValueError(f'law must be one of {COVARIANCE_LAWS}, got {law!r}')
+  return scale * lam
+
+
+def law_moments(law: str, scale: float = 1.0) -> tuple[float, float, float]:
+  """(E lambda, E lambda^2, E lambda^3) of `scale * lambda` for a law of `random_diagonal`."""
+  if law == 'exponential':
+    m = (1.0, 2.0, 6.0)          # E X^k = k! for Exp(1)
+  elif law == 'uniform':
+    m = (1.0, 4.0 / 3.0, 2.0)    # E X^k = 2^k / (k + 1) for U(0, 2)
+  elif law == 'chi2_1':
+    m = (1.0, 3.0, 15.0)         # E Z^{2k} = (2k - 1)!!
+  else:
+    raise ValueError(f'law must be one of {COVARIANCE_LAWS}, got {law!r}')
+  return tuple(scale**k * mk for k, mk in zip((1, 2, 3), m))
+
+
+def orthogonal_to_span(x_NxD: jax.Array, v_D: jax.Array) -> jax.Array:
+  """Projection of v onto the orthogonal complement of span{x_1..x_n} (n < d for it to be nonzero)."""
+  q_DxN, _ = jnp.linalg.qr(x_NxD.T)
+  return v_D - q_DxN @ (q_DxN.T @ v_D)
+
+
+def _query(key, x_NxD, cov, query, query_cov):
+  if query == 'same':
+    return gaussian(key, 1, cov)[0]
+  if query == 'gaussian':
+    return gaussian(key, 1, query_cov)[0]
+  if query == 'orthogonal':
+    return orthogonal_to_span(x_NxD, gaussian(key, 1, cov if query_cov is None else query_cov)[0])
+  raise ValueError(f'query must be one of {QUERY_KINDS}, got {query!r}')
+
+
+def linear_prompt(key: jax.Array, *, n: int, cov: jax.Array, w: Optional[jax.Array] = None,
+                  noise_std: float = 0.0, query: str = 'same',
+                  query_cov: Optional[jax.Array] = None) -> Prompt:
+  """A (noisy) linear prompt: y_i = <w, x_i> + eps_i, eps_i ~ N(0, noise_std^2), Sec. 3.3 / 4.2.
+
+  Args:
+    key: PRNG key; one prompt per key.
+    n: context length (N in training, M at test).
+    cov: [d] or [d, d] covariance Lambda of the context covariates.
+    w: fixed task vector [d]; None draws w ~ N(0, I_d) (the training distribution).
+    noise_std: label noise standard deviation (task shift when > 0). The query label is noisy too.
+    query: 'same' (x_query ~ N(0, Lambda)), 'gaussian' (x_query ~ N(0, query_cov)) or
+      'orthogonal' (a Gaussian draw projected off span{x_i}).
+    query_cov: covariance of the query for 'gaussian' (and optionally 'orthogonal').
+
+  Returns:
+    Prompt with x [n, d], y [n], x_query [d], y_query [].
+  """
+  cov = jnp.asarray(cov)
+  d = cov.shape[0]
+  k_w, k_x, k_q, k_eps = jax.random.split(key, 4)
+  if w is None:
+    w = jax.random.normal(k_w, (d,))
+  x_NxD = gaussian(k_x, n, cov)
+  x_q = _query(k_q, x_NxD, cov, query, query_cov)
+  eps = noise_std * jax.random.normal(k_eps, (n + 1,))
+  return Prompt(x=x_NxD, y=x_NxD @ w + eps[:n], x_query=x_q, y_query=jnp.dot(w, x_q) + eps[n])
+
+
+def labelled_prompt(key: jax.Array, *, n: int, cov: jax.Array,
+                    label_fn: Callable[[jax.Array], jax.Array], noise_std: float = 0.0,
+                    query: str = 'same', query_cov: Optional[jax.Array] = None) -> Prompt:
+  """A prompt with labels y = label_fn(x) + noise from a fixed (possibly nonlinear) function.
+
+  This is a draw of (x_i, y_i) i.i.d. from one distribution D as in Theorem 5.
+
+  Args:
+    label_fn: maps one covariate [d] to a scalar label.
+    Others as in `linear_prompt`.
+  """
+  k_x, k_q, k_eps = jax.random.split(key, 3)
+  x_NxD = gaussian(k_x, n, cov)
+  x_q = _query(k_q, x_NxD, jnp.asarray(cov), query, query_cov)
+  eps = noise_std * jax.random.normal(k_eps, (n + 1,))
+  return Prompt(x=x_NxD, y=jax.vmap(label_fn)(x_NxD) + eps[:n], x_query=x_q,
+                y_query=label_fn(x_q) + eps[n])
+
+
+def relu_network(key: jax.Array, d: int, width: int) -> Callable[[jax.Array], jax.Array]:
+  """A random two-layer ReLU network x -> a^T relu(V x) / sqrt(width), V, a ~ N(0, 1).
+
+  Drawn once and held fixed: the nonlinear task of the task-shift experiment.
+  """
+  k_v, k_a = jax.random.split(key)
+  v_HxD = jax.random.normal(k_v, (width, d)) / jnp.sqrt(d)
+  a_H = jax.random.normal(k_a, (width,))
+
+  def label_fn(x_D):
+    return jnp.dot(a_H, jax.nn.relu(v_HxD @ x_D)) / jnp.sqrt(width)
+
+  return label_fn
+
+
+def random_covariance_prompt(key: jax.Array, *, n: int, d: int, law: str = 'exponential',
+                             scale: float = 1.0, query: str = 'same') -> Prompt:
+  """A linear prompt whose covariance Lambda_tau is a random diagonal drawn for it (Sec. 4.3).
+
+  Args:
+    query: 'same' draws x_query ~ N(0, Lambda_tau) as in eq. (20); 'independent' draws it from
+      N(0, E Lambda_tau), independent of Lambda_tau, which is how the paper averages eq. (23)
+      over Lambda_new with (x_query, w) held fixed.
+  """
+  if query not in ('same', 'independent'):
+    raise ValueError(f"query must be 'same' or 'independent', got {query!r}")
+  k_lam, k_w, k_prompt = jax.random.split(key, 3)
+  lam = random_diagonal(k_lam, d, law, scale)
+  w = jax.random.normal(k_w, (d,))
+  if query == 'same':
+    return linear_prompt(k_prompt, n=n, cov=lam, w=w)
+  mean_lam = jnp.full((d,), law_moments(law, scale)[0])
+  return linear_prompt(k_prompt, n=n, cov=lam, w=w, query='gaussian', query_cov=mean_lam)
+
+
+def sample_linear_stats(key: jax.Array, *, n: int, cov: jax.Array,
+                        w: Optional[jax.Array] = None) -> LinearPromptStats:
+  """Sufficient statistics (S, w, x_query) of a noiseless linear prompt, without its n points.
+
+  n S = X^T X ~ Wishart_d(n, Lambda), drawn by the Bartlett decomposition: X^T X = R B B^T R^T
+  with R R^T = Lambda, B lower triangular, B_ii ~ sqrt(chi2(n - i)), B_ij ~ N(0, 1) for i > j.
+  That is d(d+1)/2 draws in place of n d. Same distribution as
+  `linear_prompt(key, n=n, cov=cov, w=w)` (not the same numbers for a key). Needs n >= d.
+  """
+  cov = jnp.asarray(cov)
+  d = cov.shape[0]
+  if n < d:
+    raise ValueError(f'the Wishart draw needs n >= d, got n={n}, d={d}')
+  k_w, k_chi, k_off, k_q = jax.random.split(key, 4)
+  if w is None:
+    w = jax.random.normal(k_w, (d,))
+  df = n - jnp.arange(d, dtype=jnp.float32)
+  diag = jnp.sqrt(2.0 * jax.random.gamma(k_chi, df / 2.0))  # chi2(k) = 2 Gamma(k / 2)
+  lower = jnp.tril(jax.random.normal(k_off, (d, d)), k=-1)
+  b_DxD = lower + jnp.diag(diag)
+  rb = _cov_sqrt(cov) @ b_DxD
+  x_q = gaussian(k_q, 1, cov)[0]
+  return LinearPromptStats(xx=rb @ rb.T / n, w=w, x_query=x_q, y_query=jnp.dot(w, x_q), n=n)

@@ -1,0 +1,220 @@
+"""Closed forms of Zhang, Frei & Bartlett (2023) for one trained linear self-attention layer.
+
+Gamma, the Theorem 4 optimum, the Theorem 5 / Corollary 6 test error, the Theorem 8 optimum for
+random diagonal covariances and the M, N -> infinity factor of eq. (23); and the exact population
+loss (8) of an LSA layer with arbitrary weights on Gaussian prompts.
+
+`cov` is Lambda, a [d] diagonal or a [d, d] symmetric positive-definite matrix.
+
+References:
+  Zhang, Frei, Bartlett. Trained Transformers Learn Linear Models In-Context.
+  arXiv:2306.09927, JMLR 2024.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def as_matrix(cov: jax.Array) -> jax.Array:
+  cov = jnp.asarray(cov)
+  return jnp.diag(cov) if cov.ndim == 1 else cov
+
+
+def gamma(cov: jax.Array, n: int) -> jax.Array:
+  """Gamma = (1 + 1/N) Lambda + tr(Lambda)/N I_d (Theorem 4)."""
+  lam = as_matrix(cov)
+  d = lam.shape[0]
+  return (1.0 + 1.0 / n) * lam + jnp.trace(lam) / n * jnp.eye(d, dtype=lam.dtype)
+
+
+def _blocks(top_left: jax.Array, scale: jax.Array):
+  d = top_left.shape[0]
+  w_kq = jnp.zeros((d + 1, d + 1), top_left.dtype).at[:d, :d].set(top_left / jnp.sqrt(scale))
+  w_pv = jnp.zeros((d + 1, d + 1), top_left.dtype).at[d, d].set(jnp.sqrt(scale))
+  return w_kq, w_pv
+
+
+def optimum(cov: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+  """(W_KQ*, W_PV*) of eq. (11): [tr(Gamma^-2)]^(-1/4) Gamma^-1 and [tr(Gamma^-2)]^(1/4) e e^T."""
+  g_inv = jnp.linalg.inv(gamma(cov, n))
+  return _blocks(g_inv, jnp.sqrt(jnp.trace(g_inv @ g_inv)))
+
+
+def population_loss(w_kq: jax.Array, w_pv: jax.Array, cov: jax.Array, n: int) -> jax.Array:
+  """Exact population loss (8) of f_LSA with any weights, x ~ N(0, Lambda), w ~ N(0, I_d).
+
+  With b = w_21^PV, c = w_22^PV, A = W_11^KQ, k = w_21^KQ the prediction (6) on a linear prompt
+  is y_hat = beta^T S C q + (1/N)(b^T q)(q^T A q), beta = b + c w, C = A + w k^T,
+  S = X^T X / N, q = x_query. The loss is a polynomial in (S, w, q); its expectation follows from
+  the Wishart second moment E(u^T S v)^2 = (u^T L v)^2 + [(u^T L u)(v^T L v) + (u^T L v)^2]/N and
+  Isserlis' theorem for w and q. Derived for this project (not in the paper); it reduces to
+  Lemma 9's quadratic form (1/2)[c^2 tr(Gamma L A L A^T) - 2c tr(A L^2) + tr L] when b = k = 0,
+  and tests check it against Monte Carlo for arbitrary weights.
+
+  Returns:
+    [] L(theta) = E (y_hat - <w, x_query>)^2 / 2.
+  """
+  lam = as_matrix(cov)
+  d = lam.shape[0]
+  a, k = w_kq[:d, :d], w_kq[d, :d]
+  b, c = w_pv[d, :d], w_pv[d, d]
+  lam2 = lam @ lam
+  t1, t2 = jnp.trace(lam), jnp.trace(lam2)
+  m4 = t1**2 + 2.0 * t2                         # E (w^T L w)^2
+  a_sym = 0.5 * (a + a.T)
+  k_l_k, b_l_b = k @ lam @ k, b @ lam @ b
+  b_l2_a_l_k = b @ lam2 @ a @ lam @ k
+  tr_a_l_a_l = jnp.trace(a.T @ lam @ a @ lam)
+  # E (beta^T L C q)^2
+  e_p2 = (b @ lam @ a @ lam @ a.T @ lam @ b + k_l_k * (b @ lam2 @ b) + 2.0 * c * b_l2_a_l_k
+          + c**2 * jnp.trace(a.T @ lam2 @ a @ lam) + 2.0 * c * t1 * (b @ lam @ a @ lam @ k)
+          + c**2 * k_l_k * m4)
+  # E (beta^T L beta)(q^T C^T L C q)
+  e_t2 = (b_l_b * tr_a_l_a_l + 4.0 * c * b_l2_a_l_k + (b_l_b * k_l_k + c**2 * tr_a_l_a_l) * t1
+          + c**2 * k_l_k * m4)
+  # E (beta^T L C q) r with r = (1/N)(b^T q)(q^T A q) - w^T q
+  m = a.T @ lam @ b + c * t1 * k
+  t = jnp.trace(a_sym @ lam)
+  e_pr = (((b @ lam @ m) * t + 2.0 * (b @ lam @ a_sym @ lam @ m)) / n
+          - b @ lam2 @ k - c * jnp.trace(a @ lam2))
+  # E r^2
+  e_r2 = ((b_l_b * (t**2 + 2.0 * jnp.trace(a_sym @ lam @ a_sym @ lam))
+           + 4.0 * t * (b @ lam @ a_sym @ lam @ b)
+           + 8.0 * (b @ lam @ a_sym @ lam @ a_sym @ lam @ b)) / n**2 + t1)
+  return 0.5 * ((1.0 + 1.0 / n) * e_p2 + e_t2 / n + 2.0 * e_pr + e_r2)
+
+
+def test_error(cov, n, m, a, sigma_xy, best_linear_error):
+  """Theorem 5, eq. (16): E (y_hat - y_query)^2 of the Theorem 4 optimum on prompts of length M.
+
+  Args:
+    cov: Lambda of the test (= training) covariates.
+    n: training prompt length N.
+    m: test prompt length M.
+    a: [d] best linear predictor Lambda^-1 E[x y].
+    sigma_xy: [d, d] covariance of x y.
+    best_linear_error: min_w E (<w, x> - y)^2.
+  """
+  lam = as_matrix(cov)
+  g_inv = jnp.linalg.inv(gamma(lam, n))
+  g_inv2 = g_inv @ g_inv
+  t1 = jnp.trace(lam)
+
+  def norm2(mat):
+    return a @ mat @ a
+
+  return (best_linear_error + jnp.trace(sigma_xy @ g_inv2 @ lam) / m
+          + (norm2(g_inv2 @ lam @ lam @ lam) + 2.0 * t1 * norm2(g_inv2 @ lam @ lam)
+             + t1**2 * norm2(g_inv2 @ lam)) / n**2)
+
+
+def linear_task_moments(cov, w, noise_std=0.0):
+  """(a, Sigma, best linear error) of Theorem 5 for y = <w, x> + eps, eps ~ N(0, noise_std^2).
+
+  Sigma = ||w||_L^2 L + L w w^T L + noise_std^2 L (the paper's remark after Thm 5, plus noise).
+  """
+  lam = as_matrix(cov)
+  lw = lam @ w
+  sigma = (w @ lw + noise_std**2) * lam + jnp.outer(lw, lw)
+  return w, sigma, jnp.asarray(noise_std**2, lam.dtype)
+
+
+def test_error_linear(cov, n, m, w, noise_std=0.0):
+  """Theorem 5 for (noisy) linear prompts with a fixed task vector w."""
+  a, sigma, best = linear_task_moments(cov, w, noise_std)
+  return test_error(cov, n, m, a, sigma, best)
+
+
+def test_error_expected(cov, n, m):
+  """Theorem 5 averaged over w ~ N(0, I_d) for noiseless linear prompts (Cor. 6's setting).
+
+  E ||w||_B^2 = tr(B), so every ||w||^2 in the fixed-w form becomes a trace.
+  """
+  lam = as_matrix(cov)
+  g_inv = jnp.linalg.inv(gamma(lam, n))
+  g_inv2 = g_inv @ g_inv
+  t1 = jnp.trace(lam)
+  lam2, lam3 = lam @ lam, lam @ lam @ lam
+  return ((jnp.trace(g_inv2 @ lam3) + jnp.trace(g_inv2 @ lam2) * t1) / m
+          + (jnp.trace(g_inv2 @ lam3) + 2.0 * t1 * jnp.trace(g_inv2 @ lam2)
+             + t1**2 * jnp.trace(g_inv2 @ lam)) / n**2)
+
+
+def error_floor_expected(cov, n):
+  """The M -> infinity limit of `test_error_expected`: the N-dependent 1/N^2 term."""
+  lam = as_matrix(cov)
+  g_inv = jnp.linalg.inv(gamma(lam, n))
+  g_inv2 = g_inv @ g_inv
+  t1 = jnp.trace(lam)
+  return (jnp.trace(g_inv2 @ lam @ lam @ lam) + 2.0 * t1 * jnp.trace(g_inv2 @ lam @ lam)
+          + t1**2 * jnp.trace(g_inv2 @ lam)) / n**2
+
+
+def shifted_query_error(cov, n, m, query_cov):
+  """E (y_hat - <w, x_query>)^2 of the optimum when x_query ~ N(0, query_cov), w ~ N(0, I).
+
+  y_hat - y = x_q^T (Gamma^-1 S - I) w with S = (1/M) sum x_i x_i^T, so the error is
+  tr E[(S G - I) Q (G S - I)] with G = Gamma^-1, Q = query_cov, and the Wishart moment
+  E[S B S] = (1 + 1/M) L B L + tr(B L) L / M. (Derived for the query-shift claim of Sec. 4.2.)
+  """
+  lam, q = as_matrix(cov), as_matrix(query_cov)
+  g_inv = jnp.linalg.inv(gamma(lam, n))
+  bmat = g_inv @ q @ g_inv
+  e_sbs = (1.0 + 1.0 / m) * lam @ bmat @ lam + jnp.trace(bmat @ lam) * lam / m
+  return jnp.trace(e_sbs) - 2.0 * jnp.trace(lam @ g_inv @ q) + jnp.trace(q)
+
+
+def covariate_shift_slope(cov, n, scale):
+  """Slope of y_hat on <w, x_query> when test covariates are N(0, scale * Lambda), w ~ N(0, I).
+
+  E[y_hat y] / E[y^2] = scale tr(Gamma^-1 Lambda^2) / tr(Lambda); -> scale as N -> infinity,
+  the c^2 of Sec. 4.2 with c^2 = scale.
+  """
+  lam = as_matrix(cov)
+  g_inv = jnp.linalg.inv(gamma(lam, n))
+  return scale * jnp.trace(g_inv @ lam @ lam) / jnp.trace(lam)
+
+
+def random_covariance_product(moments, d: int, n: int) -> jax.Array:
+  """Theorem 8: w_22^PV W_11^KQ -> [E Gamma_tau Lambda_tau^2]^-1 E Lambda_tau^2 (diagonal).
+
+  For independent diagonal entries with moments (m1, m2, m3) = E lambda^k,
+  E[Gamma_tau Lambda_tau^2]_ii = (1 + 1/N) m3 + (m3 + (d - 1) m1 m2) / N.
+
+  Returns:
+    [d] the diagonal of the limit.
+  """
+  m1, m2, m3 = moments
+  e_gl2 = (1.0 + 1.0 / n) * m3 + (m3 + (d - 1) * m1 * m2) / n
+  return jnp.full((d,), m2 / e_gl2)
+
+
+def random_covariance_optimum(moments, d: int, n: int) -> tuple[jax.Array, jax.Array]:
+  """(W_KQ*, W_PV*) of eq. (22), scaled by ||[E Gamma L^2]^-1 E L^2||_F^(-/+ 1/2)."""
+  diag = random_covariance_product(moments, d, n)
+  return _blocks(jnp.diag(diag), jnp.linalg.norm(diag))
+
+
+def limit_factor(moments) -> float:
+  """The M, N -> infinity factor of eq. (23) after averaging over Lambda_new: E L^2 [E L^3]^-1 E L.
+
+  1/3 for Exp(1) entries (2 * 1 / 6).
+  """
+  m1, m2, m3 = moments
+  return m2 * m1 / m3
+
+
+def random_covariance_slopes(moments, d: int, n: int):
+  """Slopes of y_hat on <w, x_query> for the Theorem 8 optimum on random-covariance test prompts.
+
+  With D the Theorem 8 product and M -> infinity (any M: E S = Lambda_new and x_query is
+  independent of S given Lambda_new):
+    independent query (x_query ~ N(0, E Lambda)), the paper's reading of (23): m1 * mean(D);
+    query ~ N(0, Lambda_new) as in eq. (20): E[tr(D L^2)] / E[tr L] = m2 * mean(D) / m1.
+
+  Returns:
+    (slope_independent_query, slope_same_query).
+  """
+  m1, m2, _ = moments
+  dbar = jnp.mean(random_covariance_product(moments, d, n))
+  return m1 * dbar, m2 * dbar / m1

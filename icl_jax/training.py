@@ -1,0 +1,190 @@
+"""The one training loop: optax, jitted steps under lax.scan, orbax checkpoints, NaN guard.
+
+`fit` runs `log_every` steps per jitted `lax.scan` call; between calls it logs progress (step,
+loss, steps/s, ETA), checks for non-finite losses, tests the convergence criterion and saves a
+checkpoint every `ckpt_every` steps. A rerun with the same workdir resumes from the latest
+checkpoint and, because step s uses the key `fold_in(key, s)`, ends with the same numbers as an
+uninterrupted run.
+
+Gradient flow (eq. (9) of Zhang, Frei & Bartlett 2023) is `gradient_flow`: plain gradient descent
+with a small step on a population loss, either exact or re-sampled every step.
+"""
+
+import os
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+
+PyTree = Any
+LossFn = Callable[[PyTree, jax.Array], jax.Array]   # (params, key) -> scalar loss
+
+
+class TrainState(NamedTuple):
+  params: PyTree
+  opt_state: PyTree
+  step: jax.Array             # [] int32, steps taken
+  loss: jax.Array             # [max_steps] loss before each step (nan where not run)
+  grad_norm: jax.Array        # [max_steps] global gradient norm at each step
+  trajectory: PyTree          # params at every log point, leading axis max_steps // log_every + 1
+
+
+class History(NamedTuple):
+  loss: np.ndarray            # [steps_run]
+  grad_norm: np.ndarray       # [steps_run]
+  trajectory: PyTree          # [num_log_points, ...] params at steps 0, log_every, ...
+  trajectory_steps: np.ndarray
+  converged: bool
+  resumed_from: int
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+def _global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def _make_chunk(loss_fn: LossFn, optimizer: optax.GradientTransformation, key: jax.Array,
+                log_every: int):
+  """A jitted function running log_every optimiser steps in lax.scan."""
+
+  def one_step(state: TrainState, _):
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, jax.random.fold_in(key, state.step))
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    state = state._replace(
+        params=params, opt_state=opt_state, step=state.step + 1,
+        loss=state.loss.at[state.step].set(loss),
+        grad_norm=state.grad_norm.at[state.step].set(_global_norm(grads)))
+    return state, None
+
+  def chunk(state: TrainState) -> TrainState:
+    state, _ = jax.lax.scan(one_step, state, None, length=log_every)
+    point = state.step // log_every
+    trajectory = jax.tree.map(lambda t, p: t.at[point].set(p), state.trajectory, state.params)
+    return state._replace(trajectory=trajectory)
+
+  return jax.jit(chunk, donate_argnums=0)
+
+
+def _initial_state(params, optimizer, max_steps, log_every) -> TrainState:
+  num_points = max_steps // log_every + 1
+  trajectory = jax.tree.map(
+      lambda p: jnp.zeros((num_points,) + p.shape, p.dtype).at[0].set(p), params)
+  return TrainState(params=params, opt_state=optimizer.init(params),
+                    step=jnp.zeros((), jnp.int32),
+                    loss=jnp.full((max_steps,), jnp.nan, jnp.float32),
+                    grad_norm=jnp.full((max_steps,), jnp.nan, jnp.float32),
+                    trajectory=trajectory)
+
+
+def _check_finite(state: TrainState, start: int, stop: int) -> None:
+  losses = np.asarray(state.loss[start:stop])
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    first = start + int(bad[0])
+    finite = np.asarray(state.loss[:first])
+    finite = finite[np.isfinite(finite)]
+    last = f'{finite[-1]:.6g} at step {first - 1}' if finite.size else 'none'
+    raise FloatingPointError(f'loss became non-finite at step {first}; last finite loss: {last}')
+
+
+def fit(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransformation, *,
+        key: jax.Array, max_steps: int, log_every: int = 100, ckpt_every: int = 1000,
+        workdir: Optional[str] = None, grad_tol: Optional[float] = None,
+        min_steps: int = 0, log_seconds: float = 5.0) -> tuple[PyTree, History]:
+  """Minimises loss_fn from params with optimizer; resumable, NaN-guarded, with progress logs.
+
+  Args:
+    loss_fn: (params, key) -> scalar; the key is `fold_in(key, step)`, fresh each step.
+    params: initial parameters (used only when there is no checkpoint).
+    optimizer: an optax GradientTransformation.
+    key: PRNG key for the per-step samples.
+    max_steps: the step cap; a multiple of log_every.
+    log_every: steps per jitted chunk (checks, checkpoints) and per trajectory point.
+    ckpt_every: checkpoint interval in steps; a multiple of log_every.
+    workdir: where `checkpoints/` lives; None disables checkpointing.
+    grad_tol: stop once the gradient norm of the last step of a chunk is below it (after
+      min_steps); None runs to max_steps.
+    min_steps: never stop on grad_tol before this many steps.
+    log_seconds: at most one progress line per this many seconds (and one at the end).
+
+  Returns:
+    (final params, History).
+
+  Raises:
+    FloatingPointError: a loss was nan or inf; names the step and the last finite loss.
+    ValueError: inconsistent step counts.
+  """
+  if max_steps <= 0 or log_every <= 0 or max_steps % log_every or ckpt_every % log_every:
+    raise ValueError(f'max_steps={max_steps} and ckpt_every={ckpt_every} must be positive '
+                     f'multiples of log_every={log_every}')
+  state = _initial_state(params, optimizer, max_steps, log_every)
+  manager = None
+  resumed_from = 0
+  if workdir is not None:
+    manager = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), 'checkpoints'),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    latest = manager.latest_step()
+    if latest is not None:
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+      state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+      resumed_from = int(state.step)
+      logging.info('resumed from checkpoint at step %d', resumed_from)
+  chunk = _make_chunk(loss_fn, optimizer, key, log_every)
+
+  def converged(s: TrainState) -> bool:
+    step = int(s.step)
+    return (grad_tol is not None and step >= max(min_steps, 1)
+            and float(s.grad_norm[step - 1]) <= grad_tol)
+
+  start_time, start_step = time.time(), int(state.step)
+  last_log = start_time
+  done = converged(state) or int(state.step) >= max_steps
+  try:
+    while not done:
+      before = int(state.step)
+      state = chunk(state)
+      step = int(state.step)
+      _check_finite(state, before, step)
+      done = converged(state) or step >= max_steps
+      now = time.time()
+      rate = (step - start_step) / max(now - start_time, 1e-9)
+      if done or now - last_log >= log_seconds:
+        last_log = now
+        logging.info('step %d/%d  loss %.6g  |grad| %.3g  %.1f steps/s  ETA %s (cap)', step,
+                     max_steps, float(state.loss[step - 1]), float(state.grad_norm[step - 1]),
+                     rate, _format_eta((max_steps - step) / rate))
+      if manager is not None and (step % ckpt_every == 0 or done):
+        manager.save(step, args=ocp.args.StandardSave(state))
+  finally:
+    if manager is not None:
+      manager.wait_until_finished()
+      manager.close()
+
+  steps_run = int(state.step)
+  num_points = steps_run // log_every + 1
+  history = History(
+      loss=np.asarray(state.loss[:steps_run]), grad_norm=np.asarray(state.grad_norm[:steps_run]),
+      trajectory=jax.tree.map(lambda t: np.asarray(t[:num_points]), state.trajectory),
+      trajectory_steps=np.arange(num_points) * log_every, converged=converged(state),
+      resumed_from=resumed_from)
+  return state.params, history
+
+
+def gradient_flow(loss_fn: LossFn, params: PyTree, *, lr: float, **kwargs
+                  ) -> tuple[PyTree, History]:
+  """Gradient flow d theta/dt = -grad L(theta), eq. (9), as gradient descent with step lr.
+
+  Time t after s steps is lr * s. kwargs go to `fit`.
+  """
+  return fit(loss_fn, params, optax.sgd(lr), **kwargs)
