@@ -61,8 +61,10 @@ def mc_stats(stat_fn: Callable[..., PyTree], sample: Callable[[jax.Array], Any],
   _, (means, vars_) = jax.lax.scan(one_chunk, None, jnp.arange(num_samples // chunk))
   mean = jax.tree.map(lambda m: jnp.mean(m, axis=0), means)
   # Pooled variance over equal-sized chunks: within-chunk plus between-chunk parts.
-  var = jax.tree.map(lambda v, m, mu: jnp.mean(v, axis=0) + jnp.mean(jnp.square(m - mu), axis=0),
-                     vars_, means, mean)
+  # mu[None]: explicit broadcast over the chunk axis (jax_numpy_rank_promotion='raise').
+  var = jax.tree.map(
+      lambda v, m, mu: jnp.mean(v, axis=0) + jnp.mean(jnp.square(m - mu[None]), axis=0),
+      vars_, means, mean)
   stderr = jax.tree.map(lambda v: jnp.sqrt(v / num_samples), var)
   return mean, stderr
 

@@ -77,6 +77,8 @@ def _make_chunk(loss_fn: LossFn, optimizer: optax.GradientTransformation, key: j
 
 def _initial_state(params, optimizer, max_steps, log_every) -> TrainState:
   num_points = max_steps // log_every + 1
+  # A copy: the jitted chunk donates the state, which must not delete the caller's arrays.
+  params = jax.tree.map(jnp.array, params)
   trajectory = jax.tree.map(
       lambda p: jnp.zeros((num_points,) + p.shape, p.dtype).at[0].set(p), params)
   return TrainState(params=params, opt_state=optimizer.init(params),
@@ -137,7 +139,12 @@ def fit(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransformation
     latest = manager.latest_step()
     if latest is not None:
       abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-      state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+      # strict=False pads (or truncates) the per-step arrays when max_steps changed since the
+      # checkpoint was saved, so a run can be extended; padded steps are marked not run (nan).
+      state = manager.restore(latest, args=ocp.args.StandardRestore(abstract, strict=False))
+      not_run = jnp.arange(max_steps) >= state.step
+      state = state._replace(loss=jnp.where(not_run, jnp.nan, state.loss),
+                             grad_norm=jnp.where(not_run, jnp.nan, state.grad_norm))
       resumed_from = int(state.step)
       logging.info('resumed from checkpoint at step %d', resumed_from)
   chunk = _make_chunk(loss_fn, optimizer, key, log_every)

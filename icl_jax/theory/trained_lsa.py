@@ -218,3 +218,35 @@ def random_covariance_slopes(moments, d: int, n: int):
   m1, m2, _ = moments
   dbar = jnp.mean(random_covariance_product(moments, d, n))
   return m1 * dbar, m2 * dbar / m1
+
+
+def two_point_rule(moments) -> tuple[jax.Array, jax.Array]:
+  """Nodes and weights of the 2-point Gauss rule of a law with moments (m1, m2, m3).
+
+  E p(lambda) = sum_j weight_j p(node_j) exactly for polynomials p of degree <= 3. The nodes are
+  the roots of x^2 + a x + b orthogonal to 1 and x: a = (m1 m2 - m3) / (m2 - m1^2),
+  b = -m2 - a m1. For Exp(1): nodes 2 -+ sqrt(2) (Gauss-Laguerre).
+  """
+  m1, m2, m3 = (jnp.asarray(m, jnp.float32) for m in moments)
+  a = (m1 * m2 - m3) / (m2 - m1**2)
+  b = -m2 - a * m1
+  disc = jnp.sqrt(a**2 - 4.0 * b)
+  x1, x2 = (-a - disc) / 2.0, (-a + disc) / 2.0
+  w1 = (x2 - m1) / (x2 - x1)
+  return jnp.stack([x1, x2]), jnp.stack([w1, 1.0 - w1])
+
+
+def random_covariance_population_loss(w_kq, w_pv, moments, d: int, n: int) -> jax.Array:
+  """Exact population loss (20): `population_loss` averaged over Lambda_tau = diag(lambda_i).
+
+  `population_loss` is a polynomial of total degree <= 3 in the diagonal of Lambda, and the
+  lambda_i are independent, so the tensor product of d two-point Gauss rules matched to the
+  law's first three moments gives the expectation exactly with 2^d evaluations (meant for
+  d <= 12 or so; beyond that, sample Lambda_tau instead).
+  """
+  nodes, weights = two_point_rule(moments)
+  grid = jnp.stack(jnp.meshgrid(*([jnp.arange(2)] * d), indexing='ij'), axis=-1).reshape(-1, d)
+  lams = nodes[grid].astype(w_kq.dtype)
+  probs = jnp.prod(weights[grid], axis=1).astype(w_kq.dtype)
+  losses = jax.vmap(lambda lam: population_loss(w_kq, w_pv, lam, n))(lams)
+  return jnp.sum(probs * losses)

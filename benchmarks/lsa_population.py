@@ -1,0 +1,362 @@
+"""Benchmark: population loss + gradient of one LSA layer at d = 20, N = 100 (CPU or any backend).
+
+Three ways to get L(theta) and grad L(theta) for the linear self-attention layer of Zhang, Frei &
+Bartlett (2023) on noiseless linear prompts, x ~ N(0, Lambda), w ~ N(0, I_d):
+
+  (a) direct   Monte Carlo, `population.mc_value_and_grad` with `regression.linear_prompt` and
+               `lsa.squared_error`: n d + 2 d = 2,040 normal draws per prompt, so it is bound by
+               the normal generator whatever the arithmetic does.
+  (b) wishart  Monte Carlo on sufficient statistics, `regression.sample_linear_stats` with
+               `lsa.squared_error_stats`: S = X^T X / n drawn by the Bartlett decomposition
+               (d(d+1)/2 normals + d chi2), plus w and the query (2 d normals).
+  (c) exact    `jax.value_and_grad(theory.trained_lsa.population_loss)`: no sampling at all.
+
+Sampling is included in (a) and (b). In the same run it measures two ceilings: a jitted
+2048 x 2048 float32 matmul (GFLOP/s), and the normal generator (draws/s, and the implied
+direct-sampling limit draws_per_s / 2,040 in prompts/s). Then it shows that memory is flat in
+the number of prompts: the Wishart path runs at P and 16 P prompts (same chunk) in two fresh
+subprocesses, each reporting its peak RSS.
+
+Timing: every jitted function is lowered and compiled ahead of time (compile time reported
+apart), run once as warm-up, then timed `--reps` times with `block_until_ready`; the best run
+is reported (the machine is shared, so the best is the least disturbed one).
+
+  .venv/bin/python -m benchmarks.lsa_population            # full: 65,536 prompts, < ~3 min
+  .venv/bin/python -m benchmarks.lsa_population --quick    # small sizes, for the test
+
+The last line of stdout is one JSON object with the headline figures; see benchmarks/README.md.
+"""
+
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+
+from icl_jax import population
+from icl_jax.models import lsa
+from icl_jax.samplers import regression
+from icl_jax.theory import trained_lsa
+
+_QUICK = flags.DEFINE_bool('quick', False, 'small sizes (for the test): every figure, in seconds')
+_NUM_PROMPTS = flags.DEFINE_integer('num_prompts', None,
+                                    'prompts per Monte-Carlo evaluation (default 65,536; '
+                                    '8,192 with --quick)')
+_CHUNK = flags.DEFINE_integer('chunk', None, 'prompts per vmapped chunk (default 1,024)')
+_REPS = flags.DEFINE_integer('reps', None, 'timed runs per figure, best reported '
+                             '(default 5; 2 with --quick)')
+_MEMORY_FACTOR = flags.DEFINE_integer('memory_factor', 16,
+                                      'the large memory run has this many times more prompts')
+_SWEEP_CHUNKS = flags.DEFINE_list('sweep_chunks', [],
+                                  'optional: also time the Wishart path at these chunk sizes')
+_MEMORY_CHILD = flags.DEFINE_integer('memory_child', None,
+                                     'internal: run only the Wishart path at this many prompts '
+                                     'and print its peak RSS as JSON')
+
+D = 20
+N = 100
+SIGMA = 0.1
+DIRECT_DRAWS = N * D + 2 * D                   # x_1..x_N, w, x_query: 2,040 normals per prompt
+WISHART_DRAWS = D * (D + 1) // 2 + 2 * D       # Bartlett factor, w, x_query: 250 (d of them chi2)
+MATMUL_SIZE = 2048
+MIB = 1024.0 * 1024.0
+
+# --- FLOP counts (analytic, per prompt or per evaluation) -----------------------------------------
+#
+# Convention: a multiply-add is 2 FLOPs, a (p x q)(q x r) product 2 p q r; elementwise scalings
+# of whole arrays count 1 per element; random-bit generation (integer threefry), the gamma
+# rejection sampler, reductions to a mean and transposes/concatenations count 0. The counts follow
+# the library as written (e.g. a diagonal Lambda enters as a dense d x d matrix where the code
+# builds one). Reverse mode is counted as 2 x the forward FLOPs of the parameter-dependent part
+# (the usual value_and_grad ~ 3 x forward rule); the sampled prompt does not depend on theta, so
+# sampling and the Gram matrix are counted once.
+#
+# LSA prediction (eq. (6)) from a Gram G [(d+1)^2]: v^T G (2 (d+1)^2), then @ W_KQ[:, :d]
+# (2 (d+1) d), then @ x_query (2 d); value + gradient = 3 x that.
+_MODEL_FWD = 2 * (D + 1)**2 + 2 * (D + 1) * D + 2 * D                   # 1,762
+_MODEL_VG = 3 * _MODEL_FWD                                                # 5,286
+# (a) direct: x = z * sqrt(Lambda) (N d), y = X w (2 N d), y_query (2 d); Gram blocks
+# X^T X (2 N d^2), q q^T and / N (2 d^2), X^T y (2 N d), y^T y (2 N).
+DIRECT_FLOPS = (N * D + 2 * N * D + 2 * D
+                + 2 * N * D * D + 2 * D * D + 2 * N * D + 2 * N
+                + _MODEL_VG)                                              # 96,326
+# (b) wishart: R B with R = diag(sqrt Lambda) as a dense matrix (2 d^3), (R B)(R B)^T (2 d^3),
+# / n (d^2), x_query scaling (d), y_query (2 d); gram_from_stats: S w (2 d^2), q q^T / n
+# (2 d^2), w^T S w (2 d).
+WISHART_FLOPS = (2 * D**3 + 2 * D**3 + D * D + D + 2 * D
+                 + 2 * D * D + 2 * D * D + 2 * D
+                 + _MODEL_VG)                                             # 39,386
+# (c) exact population loss (8): Lambda is a dense d x d matrix there; the forward pass has 13
+# (d x d)(d x d) products (Lambda^2 once; tr(A^T L A L), tr(A^T L^2 A L), tr(A_s L A_s L) three
+# each; A^T L, tr(A_s L), tr(A L^2) one each) and 28 vector-matrix products (2 d^2 each) in its
+# chains of b, k, m through L and A; value + gradient = 3 x forward.
+EXACT_FLOPS = 3 * (13 * 2 * D**3 + 28 * 2 * D * D)                       # 691,200
+
+
+# --- measurement helpers ---------------------------------------------------------------------------
+
+def _proc_status_kib(field: str) -> float:
+  """A 'kB' field of /proc/self/status (VmHWM: peak RSS, VmRSS: current RSS); nan off Linux."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith(field + ':'):
+          return float(line.split()[1])
+  except OSError:
+    pass
+  return math.nan
+
+
+def _peak_rss_mb() -> float:
+  peak = _proc_status_kib('VmHWM')
+  if math.isnan(peak):
+    import resource  # pylint: disable=g-import-not-at-top
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    if platform.system() == 'Darwin':
+      peak /= 1024.0
+  return peak / 1024.0
+
+
+def _reset_peak_rss() -> bool:
+  """Resets VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
+  try:
+    with open('/proc/self/clear_refs', 'w') as f:
+      f.write('5')
+    return True
+  except OSError:
+    return False
+
+
+def _compile(fn: Callable[..., Any], *args) -> tuple[Callable[..., Any], float]:
+  """Ahead-of-time lowering + compilation of jax.jit(fn) for args: (compiled, seconds)."""
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def _time(run: Callable[[int], Any], reps: int) -> tuple[float, float]:
+  """(best, median) seconds of run(i) for i = 1..reps, after one warm-up run(0)."""
+  jax.block_until_ready(run(0))
+  times = []
+  for i in range(1, reps + 1):
+    start = time.perf_counter()
+    jax.block_until_ready(run(i))
+    times.append(time.perf_counter() - start)
+  return min(times), statistics.median(times)
+
+
+def matmul_gflops(size: int, reps: int) -> tuple[float, float]:
+  """GFLOP/s of a jitted float32 size x size matmul, best of reps; and its compile seconds."""
+  ka, kb = jax.random.split(jax.random.PRNGKey(1))
+  a = jax.random.normal(ka, (size, size), jnp.float32)
+  b = jax.random.normal(kb, (size, size), jnp.float32)
+  compiled, compile_s = _compile(jnp.matmul, a, b)
+  best, _ = _time(lambda i: compiled(a, b), max(reps, 3))
+  return 2.0 * size**3 / best / 1e9, compile_s
+
+
+def normal_draws_per_s(count: int, reps: int) -> tuple[float, float]:
+  """Draws/s of jax.random.normal(key, (count,)) float32 (default PRNG), best of reps."""
+  compiled, compile_s = _compile(lambda k: jax.random.normal(k, (count,), jnp.float32),
+                                 jax.random.PRNGKey(0))
+  keys = [jax.random.PRNGKey(i) for i in range(max(reps, 3) + 1)]
+  best, _ = _time(lambda i: compiled(keys[i]), max(reps, 3))
+  return count / best, compile_s
+
+
+def problem():
+  """(params, cov): the Assumption 3 init perturbed so every block is nonzero; anisotropic Lambda."""
+  k_init, k_kq, k_pv = jax.random.split(jax.random.PRNGKey(0), 3)
+  params = lsa.init(k_init, D, SIGMA)
+  params = lsa.Params(
+      w_kq=params.w_kq + 0.01 * jax.random.normal(k_kq, params.w_kq.shape),
+      w_pv=params.w_pv + 0.01 * jax.random.normal(k_pv, params.w_pv.shape))
+  cov = jnp.linspace(0.5, 2.0, D, dtype=jnp.float32)
+  return params, cov
+
+
+def mc_fn(path: str, cov: jax.Array, num_prompts: int, chunk: int):
+  """(params, key) -> (loss, grad) for the 'direct' or 'wishart' Monte-Carlo path."""
+  if path == 'direct':
+    loss_fn, sample = lsa.squared_error, functools.partial(regression.linear_prompt, n=N, cov=cov)
+  elif path == 'wishart':
+    loss_fn = lsa.squared_error_stats
+    sample = functools.partial(regression.sample_linear_stats, n=N, cov=cov)
+  else:
+    raise ValueError(path)
+  return functools.partial(population.mc_value_and_grad, loss_fn, sample,
+                           num_prompts=num_prompts, chunk=chunk)
+
+
+def time_mc(path: str, params, cov, num_prompts: int, chunk: int, reps: int) -> dict:
+  fn = mc_fn(path, cov, num_prompts, chunk)
+  keys = [jax.random.PRNGKey(100 + i) for i in range(reps + 1)]
+  compiled, compile_s = _compile(fn, params, keys[0])
+  best, median = _time(lambda i: compiled(params, keys[i]), reps)
+  loss, _ = compiled(params, keys[0])
+  return dict(compile_s=compile_s, best_s=best, median_s=median,
+              prompts_per_s=num_prompts / best, loss=float(loss))
+
+
+def time_exact(params, cov, reps: int, calls: int, batch: int) -> dict:
+  """Exact loss + gradient: evaluations/s one call at a time, and vmapped over a batch."""
+  value_and_grad = jax.value_and_grad(
+      lambda w_kq, w_pv: trained_lsa.population_loss(w_kq, w_pv, cov, N), argnums=(0, 1))
+  compiled, compile_s = _compile(value_and_grad, params.w_kq, params.w_pv)
+  # `calls` dispatches back to back, as a training loop would issue them; best of reps.
+  best, _ = _time(lambda i: [compiled(params.w_kq, params.w_pv) for _ in range(calls)], reps)
+  loss, _ = compiled(params.w_kq, params.w_pv)
+  # The same in one program over a batch of parameter sets: the arithmetic without dispatch.
+  kq_b = params.w_kq + 0.01 * jax.random.normal(jax.random.PRNGKey(7), (batch,) + params.w_kq.shape)
+  pv_b = jnp.broadcast_to(params.w_pv, kq_b.shape)
+  batched, batched_compile_s = _compile(jax.vmap(value_and_grad), kq_b, pv_b)
+  batched_best, _ = _time(lambda i: batched(kq_b, pv_b), reps)
+  return dict(compile_s=compile_s + batched_compile_s, evals_per_s=calls / best,
+              batched_evals_per_s=batch / batched_best, loss=float(loss))
+
+
+def memory_child(num_prompts: int, chunk: int) -> dict:
+  """In this (fresh) process: compile and run the Wishart path once; peak RSS before/after."""
+  params, cov = problem()
+  key = jax.random.PRNGKey(100)
+  rss_setup_mb = _proc_status_kib('VmRSS') / 1024.0
+  compiled, _ = _compile(mc_fn('wishart', cov, num_prompts, chunk), params, key)
+  jax.block_until_ready(compiled(params, key))            # warm-up: allocator pools, threads
+  rss_before_mb = _proc_status_kib('VmRSS') / 1024.0
+  reset = _reset_peak_rss()
+  start = time.perf_counter()
+  jax.block_until_ready(compiled(params, key))
+  run_s = time.perf_counter() - start
+  run_peak_mb = _peak_rss_mb()
+  return dict(num_prompts=num_prompts, chunk=chunk, rss_setup_mb=rss_setup_mb,
+              rss_before_run_mb=rss_before_mb, run_peak_mb=run_peak_mb if reset else math.nan,
+              peak_rss_mb=_peak_rss_mb() if reset else run_peak_mb,
+              process_peak_mb=_peak_rss_mb(), peak_reset=reset, run_s=run_s)
+
+
+def run_memory_child(num_prompts: int, chunk: int) -> dict:
+  cmd = [sys.executable, '-m', 'benchmarks.lsa_population', f'--memory_child={num_prompts}',
+         f'--chunk={chunk}']
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- main --------------------------------------------------------------------------------------------
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  quick = _QUICK.value
+  num_prompts = _NUM_PROMPTS.value or (8192 if quick else 65536)
+  chunk = _CHUNK.value or 1024
+  reps = _REPS.value or (2 if quick else 5)
+  if num_prompts % chunk:
+    raise app.UsageError(f'--num_prompts={num_prompts} must be a multiple of --chunk={chunk}')
+
+  if _MEMORY_CHILD.value is not None:
+    print(json.dumps(memory_child(_MEMORY_CHILD.value, chunk)))
+    return
+
+  matmul_size = 512 if quick else MATMUL_SIZE
+  rng_count = 1 << (20 if quick else 22)
+  params, cov = problem()
+  wall_start = time.perf_counter()
+
+  # Ceilings before and after the paths (best of both), so a busy spell hurts neither side alone.
+  mm1, mm_compile = matmul_gflops(matmul_size, reps)
+  rng1, rng_compile = normal_draws_per_s(rng_count, reps)
+  direct = time_mc('direct', params, cov, num_prompts, chunk, reps)
+  wishart = time_mc('wishart', params, cov, num_prompts, chunk, reps)
+  exact = time_exact(params, cov, reps, calls=200 if quick else 2000, batch=256 if quick else 4096)
+  sweep = {}
+  for c in (int(c) for c in _SWEEP_CHUNKS.value):
+    if c != chunk and num_prompts % c == 0:
+      sweep[c] = time_mc('wishart', params, cov, num_prompts, c, reps)
+  mm2, _ = matmul_gflops(matmul_size, reps)
+  rng2, _ = normal_draws_per_s(rng_count, reps)
+  matmul = max(mm1, mm2)
+  draws_per_s = max(rng1, rng2)
+  rng_limit = draws_per_s / DIRECT_DRAWS
+
+  large = num_prompts * _MEMORY_FACTOR.value
+  mem_small = run_memory_child(num_prompts, chunk)
+  mem_large = run_memory_child(large, chunk)
+  wall = time.perf_counter() - wall_start
+
+  rows = [
+      ('(a) direct MC', direct['prompts_per_s'], DIRECT_FLOPS, direct),
+      ('(b) Wishart MC', wishart['prompts_per_s'], WISHART_FLOPS, wishart),
+      ('(c) exact', exact['evals_per_s'], EXACT_FLOPS, exact),
+      ('(c) exact, vmapped', exact['batched_evals_per_s'], EXACT_FLOPS, exact),
+  ]
+  gflops = {name: rate * flops / 1e9 for name, rate, flops, _ in rows}
+
+  print(f'LSA population loss + gradient, d = {D}, N = {N}, {num_prompts:,} prompts, '
+        f'chunk {chunk:,}, best of {reps}')
+  print(f'jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} CPUs, '
+        f'load average {os.getloadavg()[0]:.2f}); wall {wall:.0f} s')
+  print()
+  print('Ceilings')
+  print(f'  float32 matmul {matmul_size}^2        {matmul:10.1f} GFLOP/s   '
+        f'(runs: {mm1:.1f}, {mm2:.1f})')
+  print(f'  jax.random.normal            {draws_per_s / 1e6:10.1f} M draws/s '
+        f'(runs: {rng1 / 1e6:.1f}, {rng2 / 1e6:.1f})')
+  print(f'  direct-sampling limit        {rng_limit:10,.0f} prompts/s = draws/s / {DIRECT_DRAWS:,}')
+  print()
+  header = (f'  {"path":22s} {"rate /s":>12s} {"FLOP each":>10s} {"GFLOP/s":>8s} '
+            f'{"of matmul":>9s} {"compile s":>9s} {"loss":>9s}')
+  print(header)
+  for name, rate, flops, res in rows:
+    compile_s = res['compile_s'] if not name.endswith('vmapped') else math.nan
+    print(f'  {name:22s} {rate:12,.0f} {flops:10,d} {gflops[name]:8.2f} '
+          f'{gflops[name] / matmul:9.2%} {compile_s:9.2f} {res["loss"]:9.5f}')
+  print('  (rates: prompts/s for (a), (b), sampling included; evaluations/s for (c))')
+  for c, res in sorted(sweep.items()):
+    print(f'  (b) Wishart MC, chunk {c:<6,d} {res["prompts_per_s"]:10,.0f} prompts/s')
+  print()
+  speedup_direct = wishart['prompts_per_s'] / direct['prompts_per_s']
+  speedup_rng = wishart['prompts_per_s'] / rng_limit
+  print(f'  Wishart / direct             {speedup_direct:6.2f} x')
+  print(f'  Wishart / RNG limit          {speedup_rng:6.2f} x   (target >= 2)')
+  print(f'  direct / RNG limit           {direct["prompts_per_s"] / rng_limit:6.2f} x')
+  print()
+  print(f'Memory, Wishart path, chunk {chunk:,}, each in a fresh process')
+  for mem in (mem_small, mem_large):
+    print(f'  {mem["num_prompts"]:>10,d} prompts: peak RSS {mem["peak_rss_mb"]:7.1f} MiB during '
+          f'the run (RSS {mem["rss_before_run_mb"]:.1f} MiB before it, process peak incl. '
+          f'compile {mem["process_peak_mb"]:.1f} MiB), run {mem["run_s"]:.1f} s')
+  print(f'  x{_MEMORY_FACTOR.value} prompts -> peak RSS grows by '
+        f'{mem_large["peak_rss_mb"] - mem_small["peak_rss_mb"]:+.1f} MiB')
+
+  summary = dict(
+      benchmark='lsa_population',
+      prompts_per_s=wishart['prompts_per_s'],
+      ratio_to_ceiling=gflops['(b) Wishart MC'] / matmul,
+      matmul_gflops=matmul,
+      rng_limit_prompts_per_s=rng_limit,
+      direct_prompts_per_s=direct['prompts_per_s'],
+      wishart_prompts_per_s=wishart['prompts_per_s'],
+      speedup_vs_rng_limit=speedup_rng,
+      exact_evals_per_s=exact['evals_per_s'],
+      peak_rss_mb_small=mem_small['peak_rss_mb'],
+      peak_rss_mb_large=mem_large['peak_rss_mb'],
+      num_prompts=num_prompts,
+      d=D,
+      n=N,
+  )
+  print(json.dumps(summary))
+
+
+if __name__ == '__main__':
+  app.run(main)

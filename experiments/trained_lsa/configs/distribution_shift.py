@@ -1,0 +1,82 @@
+"""Config: the trained LSA layer under distribution shift (Zhang, Frei & Bartlett 2023, Sec. 4.2).
+
+Reproduces Theorem 5 (eq. (16)) under task shift (noisy labels, a nonlinear ReLU-network task, a
+task vector of large norm) and the Sec. 4.2 statements on query shift (orthogonal query -> 0,
+Gaussian query of another covariance -> still ~ <w, x_query>, eq. (18)) and covariate shift
+(covariates scaled by c -> slope c^2, OLS unaffected), for the Theorem 4 optimum of eq. (11).
+
+  python -m experiments.trained_lsa.distribution_shift \
+      --config=experiments/trained_lsa/configs/distribution_shift.py:quick --workdir=/tmp/ds
+
+Runtime: smoke ~10 s, quick ~30 s on 2 CPU cores; paper (d = 20, N = 100, M = 2000, 2^18 prompts
+per setting) a few minutes on one GPU.
+"""
+
+from ml_collections import config_dict
+
+from experiments import common
+
+
+def _base():
+  config = common.base_config()
+  config.d = 5                                         # input dimension d
+  config.n_context = 100                               # training prompt length N of the optimum
+  config.covariance_diag = (0.5, 0.75, 1.0, 1.5, 2.0)  # diagonal of Lambda (training covariates)
+  config.eval = config_dict.ConfigDict({
+      'm_test': 200,               # test prompt length M
+      'm_curve': (10, 20, 50, 100, 200),  # M values of the noisy-task error-vs-M curve (<= m_test)
+      'num_prompts': 16_384,       # Monte-Carlo test prompts per setting
+      'chunk': 2048,               # prompts per vmapped chunk (bounds memory)
+  })
+  config.task = config_dict.ConfigDict({
+      'noise_std': 0.5,            # label noise std of the noisy linear task, eps ~ N(0, s^2)
+      'large_w_norm': 5.0,         # ||w|| = large_w_norm * sqrt(d) for the large-norm task
+      'relu_width': 64,            # width of the fixed two-layer ReLU network of the nonlinear task
+      'moment_samples': 1_048_576,  # (x, y) draws for E[y^2], E[xy], E[y^2 x x^T] of that task
+      'moment_chunk': 16_384,
+  })
+  config.query = config_dict.ConfigDict({
+      'm_orthogonal': 3,           # M < d context points for the query orthogonal to their span
+      'query_cov_diag': (2.0, 1.5, 1.0, 0.75, 0.5),  # diagonal of the shifted query covariance
+  })
+  config.covariate = config_dict.ConfigDict({
+      'scales': (0.5, 1.0, 2.0, 3.0),  # c: test covariates ~ N(0, c^2 Lambda) (c = 1: no shift)
+  })
+  config.claims = config_dict.ConfigDict({
+      'k_stderr': 4.0,             # Monte-Carlo comparisons hold within k standard errors
+      # max |y_hat| / RMS(y_query) for the orthogonal query with Lambda = I: exact zero up to
+      # float32 rounding of the O(d)-term sums in eq. (6) (~1e-6 relative at d = 5, ~1e-5 at 20).
+      'orthogonal_rel_tol': 1e-4,
+      # RMS(y_hat) / RMS(y_query) for the orthogonal query with anisotropic Lambda is at least
+      # this: Gamma^-1 x_query is not orthogonal to span{x_i} (measured ~0.3 at quick).
+      'orthogonal_aniso_min_ratio': 0.05,
+      # E(y_hat - <w, x_q>)^2 / E<w, x_q>^2 under the query shift: the zero predictor scores 1;
+      # Theorem 5-type terms O(1/M + 1/N^2) give ~0.04 at quick, ~0.06 at paper and smoke.
+      'query_normalized_error_tol': 0.1,
+      # |OLS slope - 1| under covariate scaling: noiseless, M >= d, so OLS is exact up to float32
+      # rounding; an LSA-like c^2 slope would miss by >= 0.75 at c = 0.5.
+      'ols_slope_tol': 1e-3,
+  })
+  return config
+
+
+_PAPER_D = 20
+_PAPER_COV = tuple(0.5 + 1.5 * i / (_PAPER_D - 1) for i in range(_PAPER_D))
+
+_PRESETS = {
+    'smoke': {'d': 3, 'n_context': 50, 'covariance_diag': (0.5, 1.0, 2.0),
+              'eval.m_test': 100, 'eval.m_curve': (10, 30, 100), 'eval.num_prompts': 4096,
+              'eval.chunk': 1024, 'task.relu_width': 16, 'task.moment_samples': 262_144,
+              'query.m_orthogonal': 2, 'query.query_cov_diag': (2.0, 1.0, 0.5),
+              'covariate.scales': (0.5, 2.0)},
+    'quick': {},
+    'paper': {'d': _PAPER_D, 'n_context': 100, 'covariance_diag': _PAPER_COV,
+              'eval.m_test': 2000, 'eval.m_curve': (50, 100, 200, 500, 1000, 2000),
+              'eval.num_prompts': 262_144, 'eval.chunk': 4096, 'task.relu_width': 256,
+              'task.moment_samples': 16_777_216, 'task.moment_chunk': 65_536,
+              'query.m_orthogonal': _PAPER_D - 2, 'query.query_cov_diag': _PAPER_COV[::-1]},
+}
+
+
+def get_config(arg=None):
+  return common.get_preset(arg, _base, _PRESETS)

@@ -1,0 +1,98 @@
+"""Runs colab/trained_lsa.ipynb headlessly at the smoke size and checks what it reports.
+
+The notebook executes in a separate ipykernel process started by nbclient, with the working
+directory set to colab/. The kernelspec `python3` has argv[0] == 'python', which jupyter_client
+replaces by `sys.executable`, so the kernel runs on this interpreter (the venv's); the notebook
+reports its `sys.prefix` and the test checks it. Sizes come from the environment variable
+`ICL_JAX_NOTEBOOK_SIZE` (the notebook's parameters cell reads it), and
+`JAX_NUMPY_RANK_PROMOTION=raise` gives the kernel the same rank-promotion rule as conftest.py.
+
+Runtime: about 40-60 s on the 2-core development machine (XLA compilation dominates).
+"""
+
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+
+nbclient = pytest.importorskip('nbclient')
+nbformat = pytest.importorskip('nbformat')
+pytest.importorskip('ipykernel')
+
+_COLAB = pathlib.Path(__file__).resolve().parent.parent / 'colab'
+_NOTEBOOK = _COLAB / 'trained_lsa.ipynb'
+_SUMMARY_PREFIX = 'ICL_JAX_SUMMARY '
+_SECTION_PLOTS = 5   # loss curve and heatmaps (Thm 4), then one figure per later section
+
+
+def _stream_text(nb) -> str:
+  return ''.join(out.get('text', '') for cell in nb.cells if cell.cell_type == 'code'
+                 for out in cell.get('outputs', []) if out.get('output_type') == 'stream')
+
+
+def _summary(nb) -> dict:
+  lines = [line for line in _stream_text(nb).splitlines() if line.startswith(_SUMMARY_PREFIX)]
+  assert len(lines) == 1, f'expected one summary line, got {len(lines)}'
+  return json.loads(lines[0][len(_SUMMARY_PREFIX):])
+
+
+@pytest.fixture(scope='module')
+def executed(tmp_path_factory):
+  """The notebook executed once at smoke size (shared by the tests of this module)."""
+  nb = nbformat.read(_NOTEBOOK, as_version=4)
+  client = nbclient.NotebookClient(nb, kernel_name='python3', timeout=300,
+                                   resources={'metadata': {'path': str(_COLAB)}})
+  with pytest.MonkeyPatch.context() as mp:   # the kernel process inherits this environment
+    mp.setenv('ICL_JAX_NOTEBOOK_SIZE', 'smoke')
+    mp.setenv('JAX_NUMPY_RANK_PROMOTION', 'raise')
+    mp.setenv('JAX_PLATFORMS', 'cpu')
+    client.execute()   # raises CellExecutionError at the first failing cell
+  # Keep a copy with outputs for inspection when a check below fails.
+  nbformat.write(nb, tmp_path_factory.mktemp('colab') / 'trained_lsa.executed.ipynb')
+  return nb
+
+
+def test_notebook_is_clean_and_has_parameters_cell():
+  nb = nbformat.read(_NOTEBOOK, as_version=4)
+  nbformat.validate(nb)
+  code = [c for c in nb.cells if c.cell_type == 'code']
+  assert all(not c.outputs and c.execution_count is None for c in code), 'commit without outputs'
+  params = [c for c in code if 'parameters' in c.metadata.get('tags', [])]
+  assert len(params) == 1 and "SIZE = 'quick'" in params[0].source
+
+
+def test_no_cell_errors(executed):
+  errors = [out for cell in executed.cells if cell.cell_type == 'code'
+            for out in cell.outputs if out.output_type == 'error']
+  assert not errors, errors
+
+
+def test_kernel_is_this_interpreter(executed):
+  summary = _summary(executed)
+  assert summary['size'] == 'smoke'
+  assert os.path.realpath(summary['sys_prefix']) == os.path.realpath(sys.prefix)
+
+
+def test_every_section_plots(executed):
+  pngs = [out for cell in executed.cells if cell.cell_type == 'code' for out in cell.outputs
+          if out.output_type == 'display_data' and 'image/png' in out.get('data', {})]
+  assert len(pngs) == _SECTION_PLOTS
+
+
+def test_reported_numbers(executed):
+  summary = _summary(executed)
+  # Theorem 4: float32 gradient descent stopped at |grad L| <= 1e-4 lands at ~3e-5 relative
+  # error on the smoke problem; 1e-3 leaves a 30x margin and still fails a wrong optimum.
+  assert summary['thm4_converged']
+  assert summary['thm4_product_rel_error'] < 1e-3
+  # Monte Carlo vs closed forms (Thm 5, Sec. 4.2, Thm 8): fixed seeds, so these are
+  # deterministic; 5 standard errors bounds a correct estimator's deviation over the ~15
+  # comparisons with room to spare, while a wrong formula is off by tens of standard errors.
+  assert summary['thm5_max_abs_z'] < 5
+  assert summary['shift_max_abs_z'] < 5
+  assert summary['rc_max_abs_z'] < 5
+  # Eq. (23): the slope tends to 1/3 with N; at the largest smoke N it is within 5% of it.
+  assert summary['rc_limit_factor'] == pytest.approx(1 / 3)
+  assert summary['rc_theory_largest_n'] == pytest.approx(1 / 3, rel=0.05)
