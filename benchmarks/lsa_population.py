@@ -138,21 +138,27 @@ def _reset_peak_rss() -> bool:
 
 
 def _compile(fn: Callable[..., Any], *args) -> tuple[Callable[..., Any], float]:
-  """Ahead-of-time lowering + compilation of jax.jit(fn) for args: (compiled, seconds)."""
+  """(jax.jit(fn), seconds to lower and compile it for args).
+
+  The jitted function is returned rather than the AOT `Compiled`: calling it reuses the
+  executable just built (the warm-up call checks nothing recompiles) through jit's fast C++
+  dispatch, which matters for the exact path's microsecond-scale calls.
+  """
+  jitted = jax.jit(fn)
   start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  return compiled, time.perf_counter() - start
+  jitted.lower(*args).compile()
+  return jitted, time.perf_counter() - start
 
 
-def _time(run: Callable[[int], Any], reps: int) -> tuple[float, float]:
-  """(best, median) seconds of run(i) for i = 1..reps, after one warm-up run(0)."""
-  jax.block_until_ready(run(0))
+def _time(run: Callable[[int], Any], reps: int) -> tuple[float, float, Any]:
+  """(best, median) seconds of run(i) for i = 1..reps, after one warm-up run(0); and run(0)."""
+  first = jax.block_until_ready(run(0))
   times = []
   for i in range(1, reps + 1):
     start = time.perf_counter()
     jax.block_until_ready(run(i))
     times.append(time.perf_counter() - start)
-  return min(times), statistics.median(times)
+  return min(times), statistics.median(times), first
 
 
 def matmul_gflops(size: int, reps: int) -> tuple[float, float]:
@@ -161,7 +167,7 @@ def matmul_gflops(size: int, reps: int) -> tuple[float, float]:
   a = jax.random.normal(ka, (size, size), jnp.float32)
   b = jax.random.normal(kb, (size, size), jnp.float32)
   compiled, compile_s = _compile(jnp.matmul, a, b)
-  best, _ = _time(lambda i: compiled(a, b), max(reps, 3))
+  best, _, _ = _time(lambda i: compiled(a, b), max(reps, 3))
   return 2.0 * size**3 / best / 1e9, compile_s
 
 
@@ -170,8 +176,15 @@ def normal_draws_per_s(count: int, reps: int) -> tuple[float, float]:
   compiled, compile_s = _compile(lambda k: jax.random.normal(k, (count,), jnp.float32),
                                  jax.random.PRNGKey(0))
   keys = [jax.random.PRNGKey(i) for i in range(max(reps, 3) + 1)]
-  best, _ = _time(lambda i: compiled(keys[i]), max(reps, 3))
+  best, _, _ = _time(lambda i: compiled(keys[i]), max(reps, 3))
   return count / best, compile_s
+
+
+def rng_ceiling(sizes: tuple[int, ...], reps: int) -> dict[int, float]:
+  """Normal draws/s at each array size. The best over sizes is the generator's ceiling: past
+  a few MiB the draw becomes memory-bound and slows (a 2^24 array runs at a fraction of the
+  2^20 rate here), and the direct sampler draws per prompt, in cache-sized pieces."""
+  return {size: normal_draws_per_s(size, reps)[0] for size in sizes}
 
 
 def problem():
@@ -202,36 +215,44 @@ def time_mc(path: str, params, cov, num_prompts: int, chunk: int, reps: int) -> 
   fn = mc_fn(path, cov, num_prompts, chunk)
   keys = [jax.random.PRNGKey(100 + i) for i in range(reps + 1)]
   compiled, compile_s = _compile(fn, params, keys[0])
-  best, median = _time(lambda i: compiled(params, keys[i]), reps)
-  loss, _ = compiled(params, keys[0])
+  best, median, (loss, _) = _time(lambda i: compiled(params, keys[i]), reps)
   return dict(compile_s=compile_s, best_s=best, median_s=median,
               prompts_per_s=num_prompts / best, loss=float(loss))
 
 
 def time_exact(params, cov, reps: int, calls: int, batch: int) -> dict:
-  """Exact loss + gradient: evaluations/s one call at a time, and vmapped over a batch."""
+  """Exact loss + gradient: evaluations/s one call at a time; and vmapped over `batch` parameter
+  sets in one program (the arithmetic without per-call dispatch), skipped when batch = 0."""
   value_and_grad = jax.value_and_grad(
       lambda w_kq, w_pv: trained_lsa.population_loss(w_kq, w_pv, cov, N), argnums=(0, 1))
-  compiled, compile_s = _compile(value_and_grad, params.w_kq, params.w_pv)
-  # `calls` dispatches back to back, as a training loop would issue them; best of reps.
-  best, _ = _time(lambda i: [compiled(params.w_kq, params.w_pv) for _ in range(calls)], reps)
-  loss, _ = compiled(params.w_kq, params.w_pv)
-  # The same in one program over a batch of parameter sets: the arithmetic without dispatch.
-  kq_b = params.w_kq + 0.01 * jax.random.normal(jax.random.PRNGKey(7), (batch,) + params.w_kq.shape)
-  pv_b = jnp.broadcast_to(params.w_pv, kq_b.shape)
-  batched, batched_compile_s = _compile(jax.vmap(value_and_grad), kq_b, pv_b)
-  batched_best, _ = _time(lambda i: batched(kq_b, pv_b), reps)
-  return dict(compile_s=compile_s + batched_compile_s, evals_per_s=calls / best,
-              batched_evals_per_s=batch / batched_best, loss=float(loss))
+  jitted, compile_s = _compile(value_and_grad, params.w_kq, params.w_pv)
+  # `calls` dispatches back to back, as a training loop issues them; best of reps.
+  best, _, outs = _time(lambda i: [jitted(params.w_kq, params.w_pv) for _ in range(calls)], reps)
+  result = dict(compile_s=compile_s, evals_per_s=calls / best, loss=float(outs[0][0]),
+                batched_evals_per_s=math.nan)
+  if batch:
+    k_kq, k_pv = jax.random.split(jax.random.PRNGKey(7))
+    kq_b = params.w_kq + 0.01 * jax.random.normal(k_kq, (batch,) + params.w_kq.shape)
+    pv_b = params.w_pv + 0.01 * jax.random.normal(k_pv, (batch,) + params.w_pv.shape)
+    batched, _ = _compile(jax.vmap(value_and_grad), kq_b, pv_b)
+    batched_best, _, _ = _time(lambda i: batched(kq_b, pv_b), reps)
+    result['batched_evals_per_s'] = batch / batched_best
+  return result
 
 
-def memory_child(num_prompts: int, chunk: int) -> dict:
-  """In this (fresh) process: compile and run the Wishart path once; peak RSS before/after."""
+def measure_memory(num_prompts: int, chunk: int) -> dict:
+  """Compile, then run the Wishart path once; RSS before the run and its peak during the run.
+
+  The peak is VmHWM after resetting it to the current RSS just before the run (Linux
+  /proc/self/clear_refs), so it is the run's own peak even in a process that has done other
+  work. Where the reset is unavailable it is the process's lifetime peak (ru_maxrss).
+  """
   params, cov = problem()
   key = jax.random.PRNGKey(100)
   rss_setup_mb = _proc_status_kib('VmRSS') / 1024.0
   compiled, _ = _compile(mc_fn('wishart', cov, num_prompts, chunk), params, key)
-  jax.block_until_ready(compiled(params, key))            # warm-up: allocator pools, threads
+  # No warm-up run (it would double the large run's time): the first run's own allocations are
+  # part of its peak at either size alike.
   rss_before_mb = _proc_status_kib('VmRSS') / 1024.0
   reset = _reset_peak_rss()
   start = time.perf_counter()
@@ -239,12 +260,12 @@ def memory_child(num_prompts: int, chunk: int) -> dict:
   run_s = time.perf_counter() - start
   run_peak_mb = _peak_rss_mb()
   return dict(num_prompts=num_prompts, chunk=chunk, rss_setup_mb=rss_setup_mb,
-              rss_before_run_mb=rss_before_mb, run_peak_mb=run_peak_mb if reset else math.nan,
-              peak_rss_mb=_peak_rss_mb() if reset else run_peak_mb,
-              process_peak_mb=_peak_rss_mb(), peak_reset=reset, run_s=run_s)
+              rss_before_run_mb=rss_before_mb, peak_rss_mb=run_peak_mb, peak_reset=reset,
+              run_s=run_s)
 
 
 def run_memory_child(num_prompts: int, chunk: int) -> dict:
+  """`measure_memory` in a fresh Python process."""
   cmd = [sys.executable, '-m', 'benchmarks.lsa_population', f'--memory_child={num_prompts}',
          f'--chunk={chunk}']
   out = subprocess.run(cmd, check=True, capture_output=True, text=True,
@@ -265,79 +286,85 @@ def main(argv):
     raise app.UsageError(f'--num_prompts={num_prompts} must be a multiple of --chunk={chunk}')
 
   if _MEMORY_CHILD.value is not None:
-    print(json.dumps(memory_child(_MEMORY_CHILD.value, chunk)))
+    print(json.dumps(measure_memory(_MEMORY_CHILD.value, chunk)))
     return
 
   matmul_size = 512 if quick else MATMUL_SIZE
-  rng_count = 1 << (20 if quick else 22)
+  rng_sizes = (1 << 18, 1 << 20) if quick else (1 << 18, 1 << 20, 1 << 22)
   params, cov = problem()
   wall_start = time.perf_counter()
 
   # Ceilings before and after the paths (best of both), so a busy spell hurts neither side alone.
-  mm1, mm_compile = matmul_gflops(matmul_size, reps)
-  rng1, rng_compile = normal_draws_per_s(rng_count, reps)
+  mm1, _ = matmul_gflops(matmul_size, reps)
+  rng1 = rng_ceiling(rng_sizes, reps)
   direct = time_mc('direct', params, cov, num_prompts, chunk, reps)
   wishart = time_mc('wishart', params, cov, num_prompts, chunk, reps)
-  exact = time_exact(params, cov, reps, calls=200 if quick else 2000, batch=256 if quick else 4096)
+  exact = time_exact(params, cov, reps, calls=200 if quick else 2000, batch=0 if quick else 4096)
   sweep = {}
   for c in (int(c) for c in _SWEEP_CHUNKS.value):
     if c != chunk and num_prompts % c == 0:
       sweep[c] = time_mc('wishart', params, cov, num_prompts, c, reps)
   mm2, _ = matmul_gflops(matmul_size, reps)
-  rng2, _ = normal_draws_per_s(rng_count, reps)
+  rng2 = rng_ceiling(rng_sizes, reps)
+  rng_by_size = {size: max(rng1[size], rng2[size]) for size in rng_sizes}
   matmul = max(mm1, mm2)
-  draws_per_s = max(rng1, rng2)
+  draws_per_s = max(rng_by_size.values())
   rng_limit = draws_per_s / DIRECT_DRAWS
 
   large = num_prompts * _MEMORY_FACTOR.value
-  mem_small = run_memory_child(num_prompts, chunk)
-  mem_large = run_memory_child(large, chunk)
+  if quick:  # in this process (the peak is reset before each run): saves two startups, a compile
+    mem_small, mem_large = measure_memory(num_prompts, chunk), measure_memory(large, chunk)
+  else:      # each in a fresh process: the cleanest figure
+    mem_small, mem_large = run_memory_child(num_prompts, chunk), run_memory_child(large, chunk)
   wall = time.perf_counter() - wall_start
 
   rows = [
-      ('(a) direct MC', direct['prompts_per_s'], DIRECT_FLOPS, direct),
-      ('(b) Wishart MC', wishart['prompts_per_s'], WISHART_FLOPS, wishart),
-      ('(c) exact', exact['evals_per_s'], EXACT_FLOPS, exact),
-      ('(c) exact, vmapped', exact['batched_evals_per_s'], EXACT_FLOPS, exact),
+      ('(a) direct MC', direct['prompts_per_s'], DIRECT_FLOPS, direct['compile_s'], direct['loss']),
+      ('(b) Wishart MC', wishart['prompts_per_s'], WISHART_FLOPS, wishart['compile_s'],
+       wishart['loss']),
+      ('(c) exact', exact['evals_per_s'], EXACT_FLOPS, exact['compile_s'], exact['loss']),
   ]
-  gflops = {name: rate * flops / 1e9 for name, rate, flops, _ in rows}
-
-  print(f'LSA population loss + gradient, d = {D}, N = {N}, {num_prompts:,} prompts, '
-        f'chunk {chunk:,}, best of {reps}')
-  print(f'jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} CPUs, '
-        f'load average {os.getloadavg()[0]:.2f}); wall {wall:.0f} s')
-  print()
-  print('Ceilings')
-  print(f'  float32 matmul {matmul_size}^2        {matmul:10.1f} GFLOP/s   '
-        f'(runs: {mm1:.1f}, {mm2:.1f})')
-  print(f'  jax.random.normal            {draws_per_s / 1e6:10.1f} M draws/s '
-        f'(runs: {rng1 / 1e6:.1f}, {rng2 / 1e6:.1f})')
-  print(f'  direct-sampling limit        {rng_limit:10,.0f} prompts/s = draws/s / {DIRECT_DRAWS:,}')
-  print()
-  header = (f'  {"path":22s} {"rate /s":>12s} {"FLOP each":>10s} {"GFLOP/s":>8s} '
-            f'{"of matmul":>9s} {"compile s":>9s} {"loss":>9s}')
-  print(header)
-  for name, rate, flops, res in rows:
-    compile_s = res['compile_s'] if not name.endswith('vmapped') else math.nan
-    print(f'  {name:22s} {rate:12,.0f} {flops:10,d} {gflops[name]:8.2f} '
-          f'{gflops[name] / matmul:9.2%} {compile_s:9.2f} {res["loss"]:9.5f}')
-  print('  (rates: prompts/s for (a), (b), sampling included; evaluations/s for (c))')
-  for c, res in sorted(sweep.items()):
-    print(f'  (b) Wishart MC, chunk {c:<6,d} {res["prompts_per_s"]:10,.0f} prompts/s')
-  print()
+  if not math.isnan(exact['batched_evals_per_s']):
+    rows.append(('(c) exact, vmapped', exact['batched_evals_per_s'], EXACT_FLOPS, math.nan,
+                 exact['loss']))
+  gflops = {name: rate * flops / 1e9 for name, rate, flops, _, _ in rows}
   speedup_direct = wishart['prompts_per_s'] / direct['prompts_per_s']
   speedup_rng = wishart['prompts_per_s'] / rng_limit
-  print(f'  Wishart / direct             {speedup_direct:6.2f} x')
-  print(f'  Wishart / RNG limit          {speedup_rng:6.2f} x   (target >= 2)')
-  print(f'  direct / RNG limit           {direct["prompts_per_s"] / rng_limit:6.2f} x')
+
+  print(f'LSA population loss + gradient, d = {D}, N = {N}, {num_prompts:,} prompts, '
+        f'chunk {chunk:,}, best of {reps} timed runs')
+  print(f'jax {jax.__version__}, {jax.devices()[0].platform} backend, {os.cpu_count()} CPUs, '
+        f'load average {os.getloadavg()[0]:.2f} at the end; wall time {wall:.0f} s')
   print()
-  print(f'Memory, Wishart path, chunk {chunk:,}, each in a fresh process')
+  print('Ceilings (measured before and after the paths; best of both)')
+  print(f'  float32 matmul {matmul_size}x{matmul_size}  {matmul:10.1f} GFLOP/s   '
+        f'(runs: {mm1:.1f}, {mm2:.1f})')
+  print(f'  jax.random.normal          {draws_per_s / 1e6:10.1f} M draws/s (best over sizes: '
+        + ', '.join(f'2^{size.bit_length() - 1}: {rate / 1e6:.1f}'
+                    for size, rate in rng_by_size.items()) + ')')
+  print(f'  direct-sampling limit      {rng_limit:10,.0f} prompts/s  (draws/s / {DIRECT_DRAWS:,})')
+  print()
+  print(f'  {"path":20s} {"rate /s":>10s} {"FLOP each":>10s} {"GFLOP/s":>8s} {"/ matmul":>9s} '
+        f'{"compile s":>9s} {"loss":>8s}')
+  for name, rate, flops, compile_s, loss in rows:
+    print(f'  {name:20s} {rate:10,.0f} {flops:10,d} {gflops[name]:8.2f} '
+          f'{gflops[name] / matmul:9.2%} {compile_s:9.1f} {loss:8.4f}')
+  print('  rate: prompts/s for (a), (b) (sampling included); loss + gradient evaluations/s for (c)')
+  for c, res in sorted(sweep.items()):
+    print(f'  (b) Wishart MC at chunk {c:<6,d} {res["prompts_per_s"]:10,.0f} prompts/s')
+  print()
+  print(f'  Wishart / direct           {speedup_direct:6.2f} x')
+  print(f'  Wishart / RNG limit        {speedup_rng:6.2f} x   (target >= 2)')
+  print(f'  direct / RNG limit         {direct["prompts_per_s"] / rng_limit:6.2f} x')
+  print()
+  where = 'in this process' if quick else 'each in a fresh process'
+  print(f'Memory: Wishart path, chunk {chunk:,}, {where}')
   for mem in (mem_small, mem_large):
-    print(f'  {mem["num_prompts"]:>10,d} prompts: peak RSS {mem["peak_rss_mb"]:7.1f} MiB during '
-          f'the run (RSS {mem["rss_before_run_mb"]:.1f} MiB before it, process peak incl. '
-          f'compile {mem["process_peak_mb"]:.1f} MiB), run {mem["run_s"]:.1f} s')
-  print(f'  x{_MEMORY_FACTOR.value} prompts -> peak RSS grows by '
+    print(f'  {mem["num_prompts"]:>10,d} prompts: peak RSS {mem["peak_rss_mb"]:7.1f} MiB during the '
+          f'run (RSS {mem["rss_before_run_mb"]:.1f} MiB before it), run {mem["run_s"]:.1f} s')
+  print(f'  x{_MEMORY_FACTOR.value} prompts: peak RSS changes by '
         f'{mem_large["peak_rss_mb"] - mem_small["peak_rss_mb"]:+.1f} MiB')
+  print()
 
   summary = dict(
       benchmark='lsa_population',

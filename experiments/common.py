@@ -131,6 +131,28 @@ def main_for(experiment: str, validate: Callable, run: Callable, config_flag, wo
   return main
 
 
+def _parse_flags(argv):
+  """absl flag parsing, with config-file and override errors reduced to one line, exit 2."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except (KeyError, AttributeError) as e:
+    # lock_config: an override of a field the config does not have.
+    field = str(e.args[0]).strip('"\'') if e.args else '?'
+    print(f'error: unknown config field {field!r}; the config file lists the fields',
+          file=sys.stderr)
+  except Exception as e:  # noqa: BLE001 - any parse failure is a bad-input exit, reported
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    print(f'error: {lines[-1] if lines else type(e).__name__}', file=sys.stderr)
+  sys.exit(2)
+
+
+def run_app(main) -> None:
+  """absl's app.run with one-line errors for bad flags and config overrides."""
+  from absl import app
+  app.run(main, flags_parser=_parse_flags)
+
+
 def timer():
   start = time.time()
   return lambda: time.time() - start

@@ -128,4 +128,4 @@ def run(config, workdir) -> dict:
 
 
 if __name__ == '__main__':
-  app.run(common.main_for(EXPERIMENT, validate, run, _CONFIG, _WORKDIR))
+  common.run_app(common.main_for(EXPERIMENT, validate, run, _CONFIG, _WORKDIR))
