@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 def curves(x, ys: Mapping[str, Sequence[float]], *, xlabel: str, ylabel: str, title: str = '',
            errs: Optional[Mapping[str, Sequence[float]]] = None, styles: Optional[Mapping] = None,
            logx: bool = False, logy: bool = False, hlines: Optional[Mapping[str, float]] = None,
-           xs: Optional[Mapping[str, Sequence[float]]] = None):
+           xs: Optional[Mapping[str, Sequence[float]]] = None, ylim=None):
   """Named curves y(x), with optional +-2 stderr bands and dashed horizontal reference lines."""
   fig, ax = plt.subplots(figsize=(5.2, 3.8))
   for name, y in ys.items():
@@ -34,6 +34,8 @@ def curves(x, ys: Mapping[str, Sequence[float]], *, xlabel: str, ylabel: str, ti
     ax.set_xscale('log')
   if logy:
     ax.set_yscale('log')
+  if ylim is not None:
+    ax.set_ylim(*ylim)
   ax.grid(alpha=0.3, which='both')
   ax.legend(fontsize=8)
   fig.tight_layout()

@@ -150,7 +150,9 @@ def run(config, workdir) -> dict:
   figures = {
       'error_vs_m.png': plotting.curves(
           m_values, {'LSA (Monte Carlo)': error_mc, 'Thm 5 closed form': error_theory,
-                     'OLS': get(0, 'ols') + 1e-12, 'zero': get(0, 'zero')},
+                     'OLS (exact once M >= d: below the axis)': get(0, 'ols'),
+                     'zero': get(0, 'zero')},
+          ylim=(0.3 * min(error_mc.min(), floor_theory_n), 2.0 * get(0, 'zero').max()),
           errs={'LSA (Monte Carlo)': error_se},
           styles={'Thm 5 closed form': {'ls': '--', 'color': 'k'}, 'LSA (Monte Carlo)':
                   {'marker': 'o'}},

@@ -1,0 +1,37 @@
+"""The LSA population benchmark runs end to end and ends with its JSON summary line.
+
+Only the interface is checked (keys, positive finite figures), never a timing: the development
+machine is shared, so speeds vary several-fold from run to run.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = {'benchmark', 'prompts_per_s', 'ratio_to_ceiling', 'matmul_gflops',
+        'rng_limit_prompts_per_s', 'direct_prompts_per_s', 'wishart_prompts_per_s',
+        'speedup_vs_rng_limit', 'exact_evals_per_s', 'peak_rss_mb_small', 'peak_rss_mb_large',
+        'num_prompts', 'd', 'n'}
+
+
+def test_lsa_population_quick_prints_summary_json():
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)   # one CPU device, as a user runs it (conftest simulates 8)
+  env['PYTHONPATH'] = ROOT
+  out = subprocess.run([sys.executable, '-m', 'benchmarks.lsa_population', '--quick'],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.strip().splitlines()
+  summary = json.loads(lines[-1])
+  assert set(summary) == KEYS
+  assert summary['benchmark'] == 'lsa_population'
+  for name in KEYS - {'benchmark'}:
+    value = summary[name]
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), (name, value)
+    assert math.isfinite(value) and value > 0, (name, value)
+  assert (summary['d'], summary['n']) == (20, 100)
+  assert summary['prompts_per_s'] == summary['wishart_prompts_per_s']
+  assert '(b) Wishart MC' in out.stdout   # the table came before the JSON line
