@@ -4,25 +4,27 @@ Three ways to get L(theta) and grad L(theta) for the linear self-attention layer
 Bartlett (2023) on noiseless linear prompts, x ~ N(0, Lambda), w ~ N(0, I_d):
 
   (a) direct   Monte Carlo, `population.mc_value_and_grad` with `regression.linear_prompt` and
-               `lsa.squared_error`: n d + 2 d = 2,040 normal draws per prompt, so it is bound by
-               the normal generator whatever the arithmetic does.
+               `lsa.squared_error`: n d + 2 d = 2,040 normal draws per prompt, so it can go no
+               faster than draws_per_s / 2,040 prompts/s whatever the arithmetic does.
   (b) wishart  Monte Carlo on sufficient statistics, `regression.sample_linear_stats` with
                `lsa.squared_error_stats`: S = X^T X / n drawn by the Bartlett decomposition
                (d(d+1)/2 normals + d chi2), plus w and the query (2 d normals).
   (c) exact    `jax.value_and_grad(theory.trained_lsa.population_loss)`: no sampling at all.
 
-Sampling is included in (a) and (b). In the same run it measures two ceilings: a jitted
-2048 x 2048 float32 matmul (GFLOP/s), and the normal generator (draws/s, and the implied
-direct-sampling limit draws_per_s / 2,040 in prompts/s). Then it shows that memory is flat in
-the number of prompts: the Wishart path runs at P and 16 P prompts (same chunk) in two fresh
-subprocesses, each reporting its peak RSS.
+Sampling is included in (a) and (b); both use the same chunk (1,024 by default: the Wishart
+rate is flat from 256 to 4,096 here, see --sweep_chunks). In the same run it measures two
+ceilings: a jitted 2048 x 2048 float32 matmul (GFLOP/s), and the normal generator (draws/s at
+1, 4 and 16 MiB arrays; the best gives the direct-sampling limit draws_per_s / 2,040 in
+prompts/s). Then it shows that memory is flat in the number of prompts: the Wishart path runs
+at P and 16 P prompts with the same chunk, each in a fresh subprocess (in this process with
+--quick), reporting the peak RSS during the run.
 
-Timing: every jitted function is lowered and compiled ahead of time (compile time reported
-apart), run once as warm-up, then timed `--reps` times with `block_until_ready`; the best run
-is reported (the machine is shared, so the best is the least disturbed one).
+Timing: every jitted function is lowered and compiled first (compile time reported apart), run
+once as warm-up, then timed `--reps` times with `block_until_ready`; the best run is reported
+and the median shown beside it (the machine is shared: the best is the least disturbed run).
 
-  .venv/bin/python -m benchmarks.lsa_population            # full: 65,536 prompts, < ~3 min
-  .venv/bin/python -m benchmarks.lsa_population --quick    # small sizes, for the test
+  .venv/bin/python -m benchmarks.lsa_population            # full: 65,536 prompts, ~1-2 min
+  .venv/bin/python -m benchmarks.lsa_population --quick    # small sizes, for the test (~30 s)
 
 The last line of stdout is one JSON object with the headline figures; see benchmarks/README.md.
 """
@@ -72,7 +74,6 @@ MATMUL_SIZE = 2048
 # Normal draws are timed at these array sizes (1, 4 and 16 MiB of float32). The generator's
 # best rate over them sets the RNG limit; the largest is reported beside it (see rng_ceiling).
 RNG_SIZES = (1 << 18, 1 << 20, 1 << 22)
-MIB = 1024.0 * 1024.0
 
 # --- FLOP counts (analytic, per prompt or per evaluation) -----------------------------------------
 #
@@ -104,9 +105,15 @@ WISHART_FLOPS = (2 * D**3 + 2 * D**3 + D * D + D + 2 * D
 # each; A^T L, tr(A_s L), tr(A L^2) one each) and 28 vector-matrix products (2 d^2 each) in its
 # chains of b, k, m through L and A; value + gradient = 3 x forward.
 EXACT_FLOPS = 3 * (13 * 2 * D**3 + 28 * 2 * D * D)                       # 691,200
+#
+# Cross-check with XLA's own cost analysis (jitted.lower(...).compile().cost_analysis()): for (c)
+# it counts 0.20 MFLOP forward (we say 0.23) and 0.48 MFLOP for value + gradient (its reverse pass
+# is cheaper than 2 x forward). For (a) and (b) it also counts the generator's arithmetic (about
+# 90 ops per normal draw in threefry + erfinv), which the convention above leaves out: without it
+# XLA's figures agree with ours to within ~10%.
 
 
-# --- measurement helpers ---------------------------------------------------------------------------
+# --- measurement helpers --------------------------------------------------------------------------
 
 def _proc_status_kib(field: str) -> float:
   """A 'kB' field of /proc/self/status (VmHWM: peak RSS, VmRSS: current RSS); nan off Linux."""
@@ -143,9 +150,10 @@ def _reset_peak_rss() -> bool:
 def _compile(fn: Callable[..., Any], *args) -> tuple[Callable[..., Any], float]:
   """(jax.jit(fn), seconds to lower and compile it for args).
 
-  The jitted function is returned rather than the AOT `Compiled`: calling it reuses the
-  executable just built (the warm-up call checks nothing recompiles) through jit's fast C++
-  dispatch, which matters for the exact path's microsecond-scale calls.
+  The jitted function is returned rather than the AOT `Compiled`: its calls go through jit's
+  fast C++ dispatch, which matters for the exact path's sub-millisecond calls, and find the
+  executable just built in JAX's compilation cache (were it ever rebuilt, the untimed warm-up
+  call would absorb that).
   """
   jitted = jax.jit(fn)
   start = time.perf_counter()
@@ -187,15 +195,15 @@ def rng_ceiling(sizes: tuple[int, ...], reps: int) -> dict[int, float]:
   """Normal draws/s at each array size.
 
   The best over sizes is the generator's ceiling, and the RNG limit is derived from it: on
-  this CPU an array of 2^22 or more draws comes out 2-3x slower than 2^18-2^20 (the bits and the
-  output no longer stay in cache), while the direct sampler draws 2,040 per prompt, in pieces that
-  fit. A limit taken from the large array alone is one that direct Monte Carlo itself can beat.
+  this CPU an array of 2^22 draws (16 MiB) comes out 2-3x slower than one of 2^18-2^20 (1-4 MiB),
+  while the direct sampler draws 2,040 per prompt. A limit taken from the large array alone is
+  one that direct Monte Carlo itself has beaten here on a busy machine.
   """
   return {size: normal_draws_per_s(size, reps)[0] for size in sizes}
 
 
 def problem():
-  """(params, cov): the Assumption 3 init perturbed so every block is nonzero; anisotropic Lambda."""
+  """(params, cov): Assumption 3's init perturbed so every block is nonzero; anisotropic Lambda."""
   k_init, k_kq, k_pv = jax.random.split(jax.random.key(0), 3)
   params = lsa.init(k_init, D, SIGMA)
   params = lsa.Params(
@@ -219,6 +227,7 @@ def mc_fn(path: str, cov: jax.Array, num_prompts: int, chunk: int):
 
 
 def time_mc(path: str, params, cov, num_prompts: int, chunk: int, reps: int) -> dict:
+  """Compile seconds, best and median run seconds, prompts/s and the loss of one MC path."""
   fn = mc_fn(path, cov, num_prompts, chunk)
   keys = [jax.random.key(100 + i) for i in range(reps + 1)]
   compiled, compile_s = _compile(fn, params, keys[0])
@@ -228,22 +237,28 @@ def time_mc(path: str, params, cov, num_prompts: int, chunk: int, reps: int) -> 
 
 
 def time_exact(params, cov, reps: int, calls: int, batch: int) -> dict:
-  """Exact loss + gradient: evaluations/s one call at a time; and vmapped over `batch` parameter
-  sets in one program (the arithmetic without per-call dispatch), skipped when batch = 0."""
+  """Exact loss + gradient evaluations/s: one jitted call at a time, and vmapped.
+
+  The vmapped figure evaluates `batch` parameter sets in one program (the arithmetic without
+  per-call dispatch); batch = 0 skips it.
+  """
   value_and_grad = jax.value_and_grad(
       lambda w_kq, w_pv: trained_lsa.population_loss(w_kq, w_pv, cov, N), argnums=(0, 1))
   jitted, compile_s = _compile(value_and_grad, params.w_kq, params.w_pv)
   # `calls` dispatches back to back, as a training loop issues them; best of reps.
-  best, _, outs = _time(lambda i: [jitted(params.w_kq, params.w_pv) for _ in range(calls)], reps)
-  result = dict(compile_s=compile_s, evals_per_s=calls / best, loss=float(outs[0][0]),
-                batched_evals_per_s=math.nan)
+  best, median, outs = _time(lambda i: [jitted(params.w_kq, params.w_pv) for _ in range(calls)],
+                             reps)
+  result = dict(compile_s=compile_s, evals_per_s=calls / best, median_evals_per_s=calls / median,
+                loss=float(outs[0][0]), batched_evals_per_s=math.nan,
+                batched_median_evals_per_s=math.nan)
   if batch:
     k_kq, k_pv = jax.random.split(jax.random.key(7))
     kq_b = params.w_kq + 0.01 * jax.random.normal(k_kq, (batch,) + params.w_kq.shape)
     pv_b = params.w_pv + 0.01 * jax.random.normal(k_pv, (batch,) + params.w_pv.shape)
     batched, _ = _compile(jax.vmap(value_and_grad), kq_b, pv_b)
-    batched_best, _, _ = _time(lambda i: batched(kq_b, pv_b), reps)
+    batched_best, batched_median, _ = _time(lambda i: batched(kq_b, pv_b), reps)
     result['batched_evals_per_s'] = batch / batched_best
+    result['batched_median_evals_per_s'] = batch / batched_median
   return result
 
 
@@ -280,7 +295,7 @@ def run_memory_child(num_prompts: int, chunk: int) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# --- main --------------------------------------------------------------------------------------------
+# --- main -----------------------------------------------------------------------------------------
 
 def main(argv):
   if len(argv) > 1:
@@ -328,15 +343,17 @@ def main(argv):
   wall = time.perf_counter() - wall_start
 
   rows = [
-      ('(a) direct MC', direct['prompts_per_s'], DIRECT_FLOPS, direct['compile_s'], direct['loss']),
-      ('(b) Wishart MC', wishart['prompts_per_s'], WISHART_FLOPS, wishart['compile_s'],
-       wishart['loss']),
-      ('(c) exact', exact['evals_per_s'], EXACT_FLOPS, exact['compile_s'], exact['loss']),
+      ('(a) direct MC', direct['prompts_per_s'], num_prompts / direct['median_s'], DIRECT_FLOPS,
+       direct['compile_s'], direct['loss']),
+      ('(b) Wishart MC', wishart['prompts_per_s'], num_prompts / wishart['median_s'],
+       WISHART_FLOPS, wishart['compile_s'], wishart['loss']),
+      ('(c) exact', exact['evals_per_s'], exact['median_evals_per_s'], EXACT_FLOPS,
+       exact['compile_s'], exact['loss']),
   ]
   if not math.isnan(exact['batched_evals_per_s']):
-    rows.append(('(c) exact, vmapped', exact['batched_evals_per_s'], EXACT_FLOPS, math.nan,
-                 exact['loss']))
-  gflops = {name: rate * flops / 1e9 for name, rate, flops, _, _ in rows}
+    rows.append(('(c) exact, vmapped', exact['batched_evals_per_s'],
+                 exact['batched_median_evals_per_s'], EXACT_FLOPS, math.nan, exact['loss']))
+  gflops = {row[0]: row[1] * row[3] / 1e9 for row in rows}
   speedup_direct = wishart['prompts_per_s'] / direct['prompts_per_s']
   speedup_rng = wishart['prompts_per_s'] / rng_limit
 
@@ -351,32 +368,42 @@ def main(argv):
   print(f'  jax.random.normal          {draws_per_s / 1e6:10.1f} M draws/s (best over sizes: '
         + ', '.join(f'2^{size.bit_length() - 1}: {rate / 1e6:.1f}'
                     for size, rate in rng_by_size.items()) + ')')
-  print(f'  direct-sampling limit      {rng_limit:10,.0f} prompts/s  (best draws/s / {DIRECT_DRAWS:,})')
-  print(f'    from the 2^{large_rng_size.bit_length() - 1} array alone {large_rng_limit:10,.0f} prompts/s  '
+  large_log2 = large_rng_size.bit_length() - 1
+  print(f'  direct-sampling limit      {rng_limit:10,.0f} prompts/s  '
+        f'(best draws/s / {DIRECT_DRAWS:,})')
+  print(f'    from the 2^{large_log2} array alone {large_rng_limit:10,.0f} prompts/s  '
         '(not a true limit: see README)')
   print()
-  print(f'  {"path":20s} {"rate /s":>10s} {"FLOP each":>10s} {"GFLOP/s":>8s} {"/ matmul":>9s} '
-        f'{"compile s":>9s} {"loss":>8s}')
-  for name, rate, flops, compile_s, loss in rows:
-    print(f'  {name:20s} {rate:10,.0f} {flops:10,d} {gflops[name]:8.2f} '
+  print(f'  {"path":20s} {"rate /s":>10s} {"median /s":>10s} {"FLOP each":>10s} {"GFLOP/s":>8s} '
+        f'{"/ matmul":>9s} {"compile s":>9s} {"loss":>8s}')
+  for name, rate, median, flops, compile_s, loss in rows:
+    print(f'  {name:20s} {rate:10,.0f} {median:10,.0f} {flops:10,d} {gflops[name]:8.2f} '
           f'{gflops[name] / matmul:9.2%} {compile_s:9.1f} {loss:8.4f}')
-  print('  rate: prompts/s for (a), (b) (sampling included); loss + gradient evaluations/s for (c)')
+  print('  rate: best of the timed runs; prompts/s for (a), (b) (sampling included, '
+        f'{DIRECT_DRAWS:,} and {WISHART_DRAWS} draws a prompt),')
+  print('  loss + gradient evaluations/s for (c) (exact population loss, no sampling)')
   for c, res in sorted(sweep.items()):
     print(f'  (b) Wishart MC at chunk {c:<6,d} {res["prompts_per_s"]:10,.0f} prompts/s')
   print()
   print(f'  Wishart / direct           {speedup_direct:6.2f} x')
   print(f'  Wishart / RNG limit        {speedup_rng:6.2f} x   (target >= 2)')
   print(f'  direct / RNG limit         {direct["prompts_per_s"] / rng_limit:6.2f} x')
-  print(f'  Wishart / 2^{large_rng_size.bit_length() - 1}-array limit  '
+  print(f'  Wishart / 2^{large_log2}-array limit  '
         f'{wishart["prompts_per_s"] / large_rng_limit:6.2f} x')
   print()
   where = 'in this process' if quick else 'each in a fresh process'
   print(f'Memory: Wishart path, chunk {chunk:,}, {where}')
+  growth = {}
   for mem in (mem_small, mem_large):
-    print(f'  {mem["num_prompts"]:>10,d} prompts: peak RSS {mem["peak_rss_mb"]:7.1f} MiB during the '
-          f'run (RSS {mem["rss_before_run_mb"]:.1f} MiB before it), run {mem["run_s"]:.1f} s')
-  print(f'  x{_MEMORY_FACTOR.value} prompts: peak RSS changes by '
-        f'{mem_large["peak_rss_mb"] - mem_small["peak_rss_mb"]:+.1f} MiB')
+    growth[mem['num_prompts']] = mem['peak_rss_mb'] - mem['rss_before_run_mb']
+    print(f'  {mem["num_prompts"]:>10,d} prompts: peak RSS {mem["peak_rss_mb"]:6.1f} MiB during '
+          f'the run, {growth[mem["num_prompts"]]:+5.1f} MiB over the RSS before it; '
+          f'run {mem["run_s"]:.1f} s')
+  print(f'  x{_MEMORY_FACTOR.value} prompts: peak RSS '
+        f'{mem_large["peak_rss_mb"] - mem_small["peak_rss_mb"]:+.1f} MiB, growth during the run '
+        f'{growth[large] - growth[num_prompts]:+.1f} MiB')
+  print('  (the RSS before a run, after imports and compilation, varies by tens of MiB between '
+        'processes)')
   print()
 
   summary = dict(

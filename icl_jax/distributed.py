@@ -22,8 +22,13 @@ def maybe_initialize_multihost(multihost: bool) -> None:
 
 
 def data_mesh() -> jax.sharding.Mesh:
-  """A mesh of all devices on one axis named 'data'."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+  """A mesh of all devices on one axis named 'data'.
+
+  The axis is Auto (sharding propagated by XLA, as `with_sharding_constraint` needs): recent
+  `jax.make_mesh` defaults to Explicit axes, under which that constraint raises.
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -39,3 +39,14 @@ def test_single_process_is_writer_and_no_multihost():
   assert distributed.is_writer()
   distributed.maybe_initialize_multihost(False)
   assert jax.process_count() == 1
+
+
+def test_batch_sharding_constraint_inside_jit():
+  """population.py constrains a chunk's keys with batch_sharding inside jit; that must work on
+  data_mesh() (it raises on a mesh with Explicit axes, the default of recent jax.make_mesh) and
+  leave the batch split 8 ways."""
+  mesh = distributed.data_mesh()
+  f = jax.jit(lambda x: jax.lax.with_sharding_constraint(2 * x, distributed.batch_sharding(mesh)))
+  y = f(jnp.arange(32.0))
+  assert {s.data.shape for s in y.addressable_shards} == {(4,)}
+  np.testing.assert_array_equal(y, 2 * np.arange(32.0))

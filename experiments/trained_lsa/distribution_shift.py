@@ -34,7 +34,7 @@ from ml_collections import config_flags
 
 from experiments import common
 from experiments.trained_lsa import lsa_common
-from icl_jax import estimators, plotting, population, results, theory
+from icl_jax import plotting, population, results, theory
 from icl_jax.models import lsa
 from icl_jax.prompts import Prompt
 from icl_jax.samplers import regression
@@ -68,9 +68,9 @@ def validate(config) -> None:
   if max(config.eval.m_curve) > config.eval.m_test:
     raise common.ConfigError(f'config.eval.m_curve={config.eval.m_curve!r}: every entry must be '
                              f'<= config.eval.m_test={config.eval.m_test}')
-  if config.eval.m_test < config.d:
-    raise common.ConfigError(f'config.eval.m_test={config.eval.m_test}: must be >= d={config.d} '
-                             '(OLS is exact on noiseless prompts only when M >= d)')
+  if min(config.eval.m_curve) < config.d:
+    raise common.ConfigError(f'config.eval.m_curve={config.eval.m_curve!r}: every entry must be '
+                             f'>= d={config.d} (OLS by the normal equations needs M >= d)')
   if config.d < 2 or not config.query.m_orthogonal < config.d:
     raise common.ConfigError(
         f'config.query.m_orthogonal={config.query.m_orthogonal}: must be in 1..d-1 = '
@@ -106,10 +106,21 @@ def _draw(key: jax.Array, *, m: int, d: int) -> _Draw:
   return _Draw(z=z.reshape(m, d), z_query=z_q, w=w, eps=eps, eps_query=eps_q[0])
 
 
+def _ols(prompt: Prompt) -> jax.Array:
+  """OLS prediction x_query^T (X^T X)^-1 X^T y by the normal equations (needs M >= d).
+
+  Equal to `estimators.ols` for M >= d. That one's pinv (an SVD custom call) made this app's
+  compiled Monte-Carlo pass hang in the XLA CPU runtime (jax 0.10.2: every worker idle, the
+  result never ready; 6 of 6 quick runs), while an LU solve ran 6 of 6.
+  """
+  x_NxD = prompt.x
+  return jnp.dot(prompt.x_query, jnp.linalg.solve(x_NxD.T @ x_NxD, x_NxD.T @ prompt.y))
+
+
 def _errors(params: lsa.Params, prompt: Prompt) -> dict:
   """Squared errors of the LSA optimum, OLS and the zero predictor on one prompt."""
   return {'lsa': jnp.square(lsa.predict(params, prompt) - prompt.y_query),
-          'ols': jnp.square(estimators.ols(prompt) - prompt.y_query),
+          'ols': jnp.square(_ols(prompt) - prompt.y_query),
           'zero': jnp.square(prompt.y_query)}
 
 
@@ -165,7 +176,7 @@ def _make_stats(m_curve: tuple[int, ...], m_orth: int, label_fn):
     def covariate(c, r_theory):
       prompt = _linear_prompt(c * x, c * q, w)
       y_q = prompt.y_query
-      y_lsa, y_ols = lsa.predict(params, prompt), estimators.ols(prompt)
+      y_lsa, y_ols = lsa.predict(params, prompt), _ols(prompt)
       # Slope = E[y_hat y] / E[y^2]; A - r B is its delta-method linearisation (at the theory
       # value r, where the claim is tested): mean(A - r B) / mean(B) is slope - r exactly.
       return {'lsa_xy': y_lsa * y_q, 'yy': jnp.square(y_q),
@@ -452,4 +463,4 @@ def run(config, workdir) -> dict:
 
 
 if __name__ == '__main__':
-  app.run(common.main_for(EXPERIMENT, validate, run, _CONFIG, _WORKDIR))
+  common.run_app(common.main_for(EXPERIMENT, validate, run, _CONFIG, _WORKDIR))
