@@ -10,13 +10,19 @@ from icl_jax.prompts import Prompt
 
 
 def ols(prompt: Prompt) -> jax.Array:
-  """Minimum-norm least squares: x_query^T X^+ y (the pseudo-inverse covers n < d).
+  """Minimum-norm least squares: x_query^T X^+ y.
 
-  Uses X^+ = (X^T X)^+ X^T, so the pseudo-inverse is of a d x d matrix rather than n x d: the
-  same solution, and much cheaper for long prompts.
+  X has full rank almost surely for Gaussian covariates, so X^+ y is (X^T X)^-1 X^T y when
+  n >= d and X^T (X X^T)^-1 y when n < d (the minimum-norm interpolant). Both are LU solves of
+  a min(n, d)-square system: no SVD or eigendecomposition, whose batched CPU custom calls were
+  seen to deadlock inside jitted scans on jaxlib 0.10.2.
   """
-  x_NxD = prompt.x
-  w_hat = jnp.linalg.pinv(x_NxD.T @ x_NxD, hermitian=True) @ (x_NxD.T @ prompt.y)
+  x_NxD, y_N = prompt.x, prompt.y
+  n, d = x_NxD.shape
+  if n >= d:
+    w_hat = jnp.linalg.solve(x_NxD.T @ x_NxD, x_NxD.T @ y_N)
+  else:
+    w_hat = x_NxD.T @ jnp.linalg.solve(x_NxD @ x_NxD.T, y_N)
   return jnp.dot(prompt.x_query, w_hat)
 
 

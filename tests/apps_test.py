@@ -65,7 +65,8 @@ def test_smoke_preset_writes_results_whose_claims_hold(app, tmp_path):
   with np.load(tmp_path / 'arrays.npz') as arrays:
     assert ARRAYS[app] <= set(arrays.files)
     for name in arrays.files:
-      assert np.all(np.isfinite(arrays[name])), name
+      if np.issubdtype(arrays[name].dtype, np.number):
+        assert np.all(np.isfinite(arrays[name])), name
     if app in ('gradient_flow', 'random_covariance'):
       d = res['config']['d']
       assert arrays['w_kq'].shape == arrays['w_pv'].shape == (d + 1, d + 1)

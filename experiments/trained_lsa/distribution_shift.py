@@ -17,10 +17,18 @@ its standard error, compared with a closed form where one exists:
   covariate shift  covariates ~ N(0, c^2 Lambda): the slope of y_hat on <w, x_query> is
                 c^2 tr(Gamma^-1 Lambda^2) / tr(Lambda) (-> c^2 as N -> inf), while OLS keeps 1.
 
-One draw (x_1..x_M, x_query, w ~ N(0, I), unit noise) serves the noisy, large-norm, query-shift
-and covariate-shift statistics, so they share one compiled Monte-Carlo pass; each claim's estimate
-is still an average over independent prompts of its own law. A query of covariance Q (diagonal)
-is sqrt(Q / Lambda) x_query, and a covariate scaled by c is c x with labels <w, c x>.
+One draw per prompt (x_1..x_M, x_query ~ N(0, Lambda), w ~ N(0, I), unit noise) serves every
+claim, so one compiled Monte-Carlo pass covers them all; each claim's estimate is still an
+average over independent prompts of its own law (the claims are correlated with each other, which
+no claim uses). A query of covariance Q (diagonal) is sqrt(Q / Lambda) x_query, a covariate scaled
+by c is c x with labels <w, c x>, the ReLU task relabels the same x, and the orthogonal-query
+prompts use the first m_orthogonal points. The population moments of the ReLU task come from a
+separate, larger sample with an independent key.
+
+CPU notes (jax 0.10.2, 2 cores): XLA compile time dominates, about a second per threefry call
+site, hence one normal draw per prompt and one pass. The pass hung in the XLA CPU runtime (all
+workers idle, the result never ready) with `estimators.ols` (pinv, an SVD custom call) and with
+eval.chunk = 2048; OLS by the normal equations and chunk <= 1024 ran every time.
 """
 
 import functools
