@@ -210,31 +210,11 @@ def _make_moment_stats(label_fn):
   return stats
 
 
-@functools.cache
-def _scalar_leaves(stat_fn):
-  """stat_fn with every array leaf split into a tuple of scalars (cached: one object per fn)."""
-  def wrapped(sample, *args):
-    return jax.tree.map(lambda v: tuple(jnp.ravel(v)), stat_fn(sample, *args))
-  return wrapped
-
-
 def _mc_stats(stat_fn, sample, key, args, *, num_samples: int, chunk: int):
-  """`population.mc_stats` for statistics with array leaves, under rank promotion 'raise'.
-
-  mc_stats pools chunk means with `m - mu` of shapes [chunks, ...] and [...], which raises under
-  jax_numpy_rank_promotion='raise' for any non-scalar leaf; so the statistic is passed to it as
-  scalars and reassembled. Same prompts, same numbers. Drop once mc_stats broadcasts explicitly.
-
-  Returns:
-    (mean, stderr) as pytrees of NumPy arrays shaped like stat_fn's output.
-  """
-  shapes = jax.eval_shape(lambda k, a: stat_fn(sample(k), *a), key, args)
-  mean, stderr = population.mc_stats(_scalar_leaves(stat_fn), sample, key, args,
-                                     num_samples=num_samples, chunk=chunk)
-
-  def restore(shape, scalars):
-    return np.stack([np.asarray(v) for v in scalars]).reshape(shape.shape)
-  return jax.tree.map(restore, shapes, mean), jax.tree.map(restore, shapes, stderr)
+  """`population.mc_stats`, returned as pytrees of NumPy arrays."""
+  mean, stderr = population.mc_stats(stat_fn, sample, key, args, num_samples=num_samples,
+                                     chunk=chunk)
+  return jax.tree.map(np.asarray, mean), jax.tree.map(np.asarray, stderr)
 
 
 @functools.partial(jax.jit, static_argnames=('stat_fn', 'sample', 'num_samples', 'chunk'))
