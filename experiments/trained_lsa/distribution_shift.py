@@ -25,10 +25,11 @@ by c is c x with labels <w, c x>, the ReLU task relabels the same x, and the ort
 prompts use the first m_orthogonal points. The population moments of the ReLU task come from a
 separate, larger sample with an independent key.
 
-CPU notes (jax 0.10.2, 2 cores): XLA compile time dominates, about a second per threefry call
-site, hence one normal draw per prompt and one pass. The pass hung in the XLA CPU runtime (all
-workers idle, the result never ready) with `estimators.ols` (pinv, an SVD custom call) and with
-eval.chunk = 2048; OLS by the normal equations and chunk <= 1024 ran every time.
+CPU notes (jaxlib 0.10.2, 2 cores): XLA compile time dominates, about a second per threefry call
+site, hence one normal draw per prompt and one pass. With OLS by pinv (SVD) or by LU
+(`jnp.linalg.solve`) the pass hung in the XLA CPU runtime (all workers idle, the result never
+ready), every time at eval.chunk = 2048 and sometimes at 1024, whenever several independent
+LAPACK custom calls sat in one program; OLS here is a LAPACK-free SPD solve (`_spd_solve`).
 """
 
 import functools
@@ -114,15 +115,29 @@ def _draw(key: jax.Array, *, m: int, d: int) -> _Draw:
   return _Draw(z=z.reshape(m, d), z_query=z_q, w=w, eps=eps, eps_query=eps_q[0])
 
 
-def _ols(prompt: Prompt) -> jax.Array:
-  """OLS prediction x_query^T (X^T X)^-1 X^T y by the normal equations (needs M >= d).
+def _spd_solve(a_DxD: jax.Array, b_D: jax.Array) -> jax.Array:
+  """Solves a x = b for symmetric positive-definite a: Gauss-Jordan, no pivoting, pure XLA.
 
-  Equal to `estimators.ols` for M >= d. That one's pinv (an SVD custom call) made this app's
-  compiled Monte-Carlo pass hang in the XLA CPU runtime (jax 0.10.2: every worker idle, the
-  result never ready; 6 of 6 quick runs), while an LU solve ran 6 of 6.
+  Elimination without pivoting is stable for SPD matrices. Written with jnp ops instead of
+  `jnp.linalg.solve` because several independent LAPACK custom calls (LU as well as SVD) in one
+  compiled pass hung the XLA CPU runtime here (jaxlib 0.10.2: every worker idle, the result
+  never ready). Candidate for icl_jax.estimators.
   """
+  d = a_DxD.shape[0]
+  aug = jnp.concatenate([a_DxD, b_D[:, None]], axis=1)
+
+  def eliminate(k, aug):
+    row = aug[k] / aug[k, k]
+    col = aug[:, k].at[k].set(0.0)
+    return (aug - col[:, None] * row[None, :]).at[k].set(row)
+
+  return jax.lax.fori_loop(0, d, eliminate, aug)[:, d]
+
+
+def _ols(prompt: Prompt) -> jax.Array:
+  """OLS prediction x_query^T (X^T X)^-1 X^T y (M >= d), as `estimators.ols` but LAPACK-free."""
   x_NxD = prompt.x
-  return jnp.dot(prompt.x_query, jnp.linalg.solve(x_NxD.T @ x_NxD, x_NxD.T @ prompt.y))
+  return jnp.dot(prompt.x_query, _spd_solve(x_NxD.T @ x_NxD, x_NxD.T @ prompt.y))
 
 
 def _errors(params: lsa.Params, prompt: Prompt) -> dict:

@@ -9,7 +9,7 @@ Gaussian query of another covariance -> still ~ <w, x_query>, eq. (18)) and cova
       --config=experiments/trained_lsa/configs/distribution_shift.py:quick --workdir=/tmp/ds
 
 Runtime: smoke ~15 s, quick ~25 s on 2 CPU cores; paper (d = 20, N = 100, M = 2000, 2^18 prompts
-per setting) a few minutes on one GPU.
+in one pass) a few minutes on one GPU.
 """
 
 from ml_collections import config_dict
@@ -25,8 +25,8 @@ def _base():
   config.eval = config_dict.ConfigDict({
       'm_test': 200,               # test prompt length M
       'm_curve': (10, 20, 50, 100, 200),  # M values of the noisy-task error-vs-M curve (<= m_test)
-      'num_prompts': 16_384,       # Monte-Carlo test prompts per setting
-      'chunk': 1024,               # prompts per vmapped chunk (2048 hung XLA CPU: app docstring)
+      'num_prompts': 16_384,       # Monte-Carlo test prompts (one pass serves every claim)
+      'chunk': 1024,               # prompts per vmapped chunk (bounds memory)
   })
   config.task = config_dict.ConfigDict({
       'noise_std': 0.5,            # label noise std of the noisy linear task, eps ~ N(0, s^2)
