@@ -8,7 +8,8 @@ Bartlett (2023) on noiseless linear prompts, x ~ N(0, Lambda), w ~ N(0, I_d):
                faster than draws_per_s / 2,040 prompts/s whatever the arithmetic does.
   (b) wishart  Monte Carlo on sufficient statistics, `regression.sample_linear_stats` with
                `lsa.squared_error_stats`: S = X^T X / n drawn by the Bartlett decomposition
-               (d(d+1)/2 normals + d chi2), plus w and the query (2 d normals).
+               (d(d-1)/2 normals + d chi2), plus w and the query (2 d normals), and kept as
+               its factor F (S = F F^T), which the loss applies to two vectors.
   (c) exact    `jax.value_and_grad(theory.trained_lsa.population_loss)`: no sampling at all.
 
 Sampling is included in (a) and (b); both use the same chunk (1,024 by default: the Wishart
@@ -69,7 +70,8 @@ D = 20
 N = 100
 SIGMA = 0.1
 DIRECT_DRAWS = N * D + 2 * D                   # x_1..x_N, w, x_query: 2,040 normals per prompt
-WISHART_DRAWS = D * (D + 1) // 2 + 2 * D       # Bartlett factor, w, x_query: 250 (d of them chi2)
+WISHART_DRAWS = D * (D + 1) // 2 + 2 * D       # Bartlett factor, w, x_query: 250 (d of them chi2,
+                                               # each a normal + a uniform per rejection round)
 MATMUL_SIZE = 2048
 # Normal draws are timed at these array sizes (1, 4 and 16 MiB of float32). The generator's
 # best rate over them sets the RNG limit; the largest is reported beside it (see rng_ceiling).
@@ -78,7 +80,7 @@ RNG_SIZES = (1 << 18, 1 << 20, 1 << 22)
 # --- FLOP counts (analytic, per prompt or per evaluation) -----------------------------------------
 #
 # Convention: a multiply-add is 2 FLOPs, a (p x q)(q x r) product 2 p q r; elementwise scalings
-# of whole arrays count 1 per element; random-bit generation (integer threefry), the gamma
+# of whole arrays count 1 per element; random-bit generation (integer threefry), the chi2
 # rejection sampler, reductions to a mean and transposes/concatenations count 0. The counts follow
 # the library as written (e.g. a diagonal Lambda enters as a dense d x d matrix where the code
 # builds one). Reverse mode is counted as 2 x the forward FLOPs of the parameter-dependent part
@@ -94,12 +96,13 @@ _MODEL_VG = 3 * _MODEL_FWD                                                # 5,28
 DIRECT_FLOPS = (N * D + 2 * N * D + 2 * D
                 + 2 * N * D * D + 2 * D * D + 2 * N * D + 2 * N
                 + _MODEL_VG)                                              # 96,326
-# (b) wishart: R B with R = diag(sqrt Lambda) as a dense matrix (2 d^3), (R B)(R B)^T (2 d^3),
-# / n (d^2), x_query scaling (d), y_query (2 d); gram_from_stats: S w (2 d^2), q q^T / n
-# (2 d^2), w^T S w (2 d).
-WISHART_FLOPS = (2 * D**3 + 2 * D**3 + D * D + D + 2 * D
-                 + 2 * D * D + 2 * D * D + 2 * D
-                 + _MODEL_VG)                                             # 39,386
+# (b) wishart: F = sqrt(Lambda) B row-scaled (d^2) and / sqrt(n) (d^2), x_query scaling (d),
+# y_query (2 d); then the factorised eq. (6) of `lsa.predict_stats`, all parameter-dependent:
+# u = W_KQ[:, :d] x_query (2 (d+1) d), a = v_1 + v_2 w and b = u_1 + u_2 w (2 d each),
+# a^T F and b^T F (2 d^2 each), their dot (2 d), v_1.q and q.u_1 (2 d each), product / n (2);
+# value + gradient = 3 x that.
+_STATS_FWD = 2 * (D + 1) * D + 4 * D + 4 * D * D + 6 * D + 2               # 2,642
+WISHART_FLOPS = 2 * D * D + D + 2 * D + 3 * _STATS_FWD                      # 8,786
 # (c) exact population loss (8): Lambda is a dense d x d matrix there; the forward pass has 13
 # (d x d)(d x d) products (Lambda^2 once; tr(A^T L A L), tr(A^T L^2 A L), tr(A_s L A_s L) three
 # each; A^T L, tr(A_s L), tr(A L^2) one each) and 28 vector-matrix products (2 d^2 each) in its
@@ -108,9 +111,10 @@ EXACT_FLOPS = 3 * (13 * 2 * D**3 + 28 * 2 * D * D)                       # 691,2
 #
 # Cross-check with XLA's own cost analysis (jitted.lower(...).compile().cost_analysis()): for (c)
 # it counts 0.20 MFLOP forward (we say 0.23) and 0.48 MFLOP for value + gradient (its reverse pass
-# is cheaper than 2 x forward). For (a) and (b) it also counts the generator's arithmetic (about
-# 90 ops per normal draw in threefry + erfinv), which the convention above leaves out: without it
-# XLA's figures agree with ours to within ~10%.
+# is cheaper than 2 x forward). For (b)'s loss on given statistics it counts 2,643 FLOP forward
+# (we say 2,642) and 4,925 for value + gradient (we say 7,926, the same cheaper reverse pass).
+# For (a) and (b) with sampling it also counts the generator's arithmetic (about 90 ops per
+# normal draw in threefry + erfinv), which the convention above leaves out.
 
 
 # --- measurement helpers --------------------------------------------------------------------------

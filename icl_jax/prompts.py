@@ -44,20 +44,27 @@ class LinearPromptStats:
 
   Everything eq. (6) reads from a prompt with linear labels is a function of
   S = (1/n) sum_i x_i x_i^T, the task w and the query, so Monte Carlo can draw S (Wishart)
-  instead of the n points. `samplers.regression.sample_linear_stats` draws it.
+  instead of the n points. `samplers.regression.sample_linear_stats` draws it. S is kept as a
+  factor F with S = F F^T (F = X^T / sqrt(n) for a prompt in hand, the scaled Bartlett factor
+  for a Wishart draw), so a prediction applies S to vectors in O(d k) instead of forming it.
 
   Attributes:
-    xx: [d, d] S = X^T X / n.
+    x_factor: [d, k] F with S = F F^T = X^T X / n, for any k (k = n or k = d).
     w: [d] task vector.
     x_query: [d] query covariate.
     y_query: [] label of the query, <w, x_query>.
     n: static context length n (also the normalisation rho of eq. (3)).
   """
-  xx: jax.Array
+  x_factor: jax.Array
   w: jax.Array
   x_query: jax.Array
   y_query: jax.Array
   n: int = flax.struct.field(pytree_node=False)
+
+  @property
+  def xx(self) -> jax.Array:
+    """[d, d] S = F F^T = X^T X / n."""
+    return self.x_factor @ self.x_factor.T
 
 
 def embed(prompt: Prompt) -> jax.Array:

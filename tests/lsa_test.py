@@ -54,12 +54,23 @@ def test_predict_stats_equals_predict():
   params = _full_params(3)
   w = jnp.array([0.5, -1.0, 2.0])
   p = regression.linear_prompt(jax.random.key(4), n=N, cov=FULL, w=w)
-  stats = prompts.LinearPromptStats(xx=p.x.T @ p.x / N, w=w, x_query=p.x_query,
+  stats = prompts.LinearPromptStats(x_factor=p.x.T / np.sqrt(N), w=w, x_query=p.x_query,
                                     y_query=p.y_query, n=N)
   np.testing.assert_allclose(lsa.predict_stats(params, stats), lsa.predict(params, p),
                              rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(lsa.squared_error_stats(params, stats),
                              lsa.squared_error(params, p), rtol=1e-3, atol=1e-4)
+
+
+def test_predict_stats_factorised_equals_gram_path():
+  """predict_stats applies S = F F^T through F (a d x d Wishart factor here) and equals
+  eq. (6) on the full Gram of gram_from_stats (rtol 1e-5: float32 reassociation). Fails if the
+  identity (v_1 + v_2 w)^T S (u_1 + u_2 w) + (v_1.q)(q.u_1)/n drops a cross term or the
+  q q^T / n term; random full weights make every block count."""
+  params = _full_params(9)
+  stats = regression.sample_linear_stats(jax.random.key(11), n=N, cov=FULL)
+  via_gram = lsa.predict_from_gram(params, prompts.gram_from_stats(stats), stats.x_query)
+  np.testing.assert_allclose(lsa.predict_stats(params, stats), via_gram, rtol=1e-5, atol=1e-5)
 
 
 def test_predictions_invariant_to_permuting_context_pairs():

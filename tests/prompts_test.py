@@ -55,7 +55,7 @@ def test_gram_from_stats_equals_gram():
   p = _prompt(2)
   w = jax.random.normal(jax.random.key(5), (D,))
   p = p.replace(y=p.x @ w, y_query=p.x_query @ w)
-  stats = prompts.LinearPromptStats(xx=p.x.T @ p.x / N, w=w, x_query=p.x_query,
+  stats = prompts.LinearPromptStats(x_factor=p.x.T / np.sqrt(N), w=w, x_query=p.x_query,
                                     y_query=p.y_query, n=N)
   np.testing.assert_allclose(prompts.gram_from_stats(stats), prompts.gram(p), rtol=1e-5,
                              atol=1e-5)

@@ -72,8 +72,21 @@ def predict(params: Params, prompt: prompts_lib.Prompt) -> jax.Array:
 
 
 def predict_stats(params: Params, stats: prompts_lib.LinearPromptStats) -> jax.Array:
-  """Eq. (6) for a noiseless linear prompt given by its sufficient statistics."""
-  return predict_from_gram(params, prompts_lib.gram_from_stats(stats), stats.x_query)
+  """Eq. (6) for a noiseless linear prompt given by its sufficient statistics.
+
+  With v = (v_1, v_2) = w^PV's last row, u = (u_1, u_2) = W^KQ[:, :d] x_query and the Gram
+  [[S + q q^T / n, S w], [w^T S, w^T S w]] of `prompts.gram_from_stats`, eq. (6) is
+    v^T G u = (F^T (v_1 + v_2 w)) . (F^T (u_1 + u_2 w)) + (v_1 . q)(q . u_1) / n,
+  so S = F F^T is only applied to two vectors through its factor: O(d k), not the O(d^2 k) of
+  forming S and G. Equals `predict_from_gram(params, gram_from_stats(stats), x_query)`.
+  """
+  d = stats.x_query.shape[0]
+  q, w, f_DxK = stats.x_query, stats.w, stats.x_factor
+  v = params.w_pv[d]
+  u = params.w_kq[:, :d] @ q
+  a = v[:d] + v[d] * w
+  b = u[:d] + u[d] * w
+  return jnp.dot(a @ f_DxK, b @ f_DxK) + jnp.dot(v[:d], q) * jnp.dot(q, u[:d]) / stats.n
 
 
 def squared_error(params: Params, prompt: prompts_lib.Prompt) -> jax.Array:

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from icl_jax.prompts import LinearPromptStats, Prompt
 
@@ -173,26 +174,84 @@ def random_covariance_prompt(key: jax.Array, *, n: int, d: int, law: str = 'expo
   return linear_prompt(k_prompt, n=n, cov=lam, w=w, query='gaussian', query_cov=mean_lam)
 
 
+def chi2(key: jax.Array, df: np.ndarray) -> jax.Array:
+  """Independent chi-square draws with static degrees of freedom df (each >= 1): [len(df)].
+
+  chi2(k) = 2 Gamma(k / 2), and Gamma(alpha) by Marsaglia & Tsang's squeeze-free rejection
+  method (alpha >= 1; alpha = 1/2 via Gamma(alpha + 1) U^(1 / alpha)). Each round draws one
+  normal and one uniform per entry from `fold_in(key, round)` and keeps the first accepted
+  proposal; a round accepts with probability >= 0.95 for alpha >= 1, so a vmapped batch needs
+  a handful of rounds. Unlike `jax.random.gamma` it splits no key per entry, which makes it
+  several times faster on the Wishart diagonal.
+
+  References:
+    Marsaglia, Tsang. A simple method for generating gamma variables. ACM TOMS 26(3), 2000.
+  """
+  df = np.asarray(df, np.float64)
+  if df.ndim != 1 or np.any(df < 1):
+    raise ValueError(f'chi2 needs a 1-D df with every entry >= 1, got {df}')
+  alpha = df / 2.0
+  boost = alpha < 1.0
+  dm = jnp.asarray(np.where(boost, alpha + 1.0, alpha) - 1.0 / 3.0, jnp.float32)
+  c = 1.0 / jnp.sqrt(9.0 * dm)
+  k_boost, k_rounds = jax.random.split(key)
+
+  def propose(r):
+    k_x, k_u = jax.random.split(jax.random.fold_in(k_rounds, r))
+    x = jax.random.normal(k_x, df.shape)
+    u = jax.random.uniform(k_u, df.shape)
+    t = 1.0 + c * x
+    v = t * t * t
+    ok = (v > 0) & (jnp.log(u) < 0.5 * x * x + dm - dm * v + dm * jnp.log(jnp.maximum(v, 1e-30)))
+    return dm * v, ok
+
+  def cond(state):
+    return ~jnp.all(state[2])
+
+  def body(state):
+    r, g, done = state
+    g_new, ok = propose(r)
+    return r + 1, jnp.where(done, g, g_new), done | ok
+
+  g0, ok0 = propose(0)
+  _, g, _ = jax.lax.while_loop(cond, body, (1, g0, ok0))
+  if np.any(boost):
+    u = jax.random.uniform(k_boost, df.shape, minval=jnp.finfo(jnp.float32).tiny)
+    g = jnp.where(jnp.asarray(boost), g * u ** jnp.asarray(1.0 / alpha, jnp.float32), g)
+  return 2.0 * g
+
+
 def sample_linear_stats(key: jax.Array, *, n: int, cov: jax.Array,
                         w: Optional[jax.Array] = None) -> LinearPromptStats:
   """Sufficient statistics (S, w, x_query) of a noiseless linear prompt, without its n points.
 
   n S = X^T X ~ Wishart_d(n, Lambda), drawn by the Bartlett decomposition: X^T X = R B B^T R^T
   with R R^T = Lambda, B lower triangular, B_ii ~ sqrt(chi2(n - i)), B_ij ~ N(0, 1) for i > j.
-  That is d(d+1)/2 draws in place of n d. Same distribution as
+  That is d(d-1)/2 normals and d chi-squares in place of n d normals, and S is returned as its
+  factor F = R B / sqrt(n) (S = F F^T), never formed. Same distribution as
   `linear_prompt(key, n=n, cov=cov, w=w)` (not the same numbers for a key). Needs n >= d.
   """
   cov = jnp.asarray(cov)
   d = cov.shape[0]
   if n < d:
     raise ValueError(f'the Wishart draw needs n >= d, got n={n}, d={d}')
-  k_w, k_chi, k_off, k_q = jax.random.split(key, 4)
+  k_chi, k_normal = jax.random.split(key)
+  # One normal draw for B's strict lower triangle, the query and (if random) w.
+  num_lower = d * (d - 1) // 2
+  z = jax.random.normal(k_normal, (num_lower + d + (d if w is None else 0),))
+  rows, cols = np.tril_indices(d, -1)
+  index_DxD = np.full((d, d), num_lower + d, np.int32)  # -> an appended zero
+  index_DxD[rows, cols] = np.arange(num_lower)
+  b_DxD = jnp.concatenate([z[:num_lower], jnp.zeros((1,), z.dtype)])[index_DxD]
+  b_DxD = b_DxD + jnp.diag(jnp.sqrt(chi2(k_chi, n - np.arange(d))))
+  z_q = z[num_lower:num_lower + d]
   if w is None:
-    w = jax.random.normal(k_w, (d,))
-  df = n - jnp.arange(d, dtype=jnp.float32)
-  diag = jnp.sqrt(2.0 * jax.random.gamma(k_chi, df / 2.0))  # chi2(k) = 2 Gamma(k / 2)
-  lower = jnp.tril(jax.random.normal(k_off, (d, d)), k=-1)
-  b_DxD = lower + jnp.diag(diag)
-  rb = _cov_sqrt(cov) @ b_DxD
-  x_q = gaussian(k_q, 1, cov)[0]
-  return LinearPromptStats(xx=rb @ rb.T / n, w=w, x_query=x_q, y_query=jnp.dot(w, x_q), n=n)
+    w = z[num_lower + d:]
+  if cov.ndim == 1:
+    sqrt_cov = jnp.sqrt(cov)
+    rb_DxD, x_q = sqrt_cov[:, None] * b_DxD, sqrt_cov * z_q
+  else:
+    r_DxD = _cov_sqrt(cov)
+    rb_DxD, x_q = r_DxD @ b_DxD, r_DxD @ z_q
+  return LinearPromptStats(x_factor=rb_DxD / np.sqrt(n), w=w, x_query=x_q,
+                           y_query=jnp.dot(w, x_q), n=n)
