@@ -4,6 +4,7 @@ A statistic is written for one prompt, vmapped over the keys of a chunk, and the
 `lax.scan`, so memory is O(chunk) whatever the number of prompts. Chunk c uses the keys
 `split(fold_in(key, c), chunk)`: a given (key, chunk) gives the same prompts on any number of
 devices. With a mesh, each chunk's keys are sharded over its 'data' axis (parameters replicated).
+`mc_max` takes a max over the very prompts `mc_stats` averages over for the same arguments.
 
 Exact population losses, where a closed form exists, live in `icl_jax.theory`.
 """
@@ -24,6 +25,11 @@ def _chunk_keys(key, c, chunk, mesh):
   if mesh is not None:
     keys = jax.lax.with_sharding_constraint(keys, distributed.batch_sharding(mesh))
   return keys
+
+
+def _chunk_values(stat_fn, sample, key, args, c, chunk, mesh):
+  """stat_fn(sample(k), *args) for the keys of chunk c: a pytree with a leading [chunk] axis."""
+  return jax.vmap(lambda k: stat_fn(sample(k), *args))(_chunk_keys(key, c, chunk, mesh))
 
 
 def _check_sizes(num_samples, chunk, mesh):
@@ -53,7 +59,7 @@ def mc_stats(stat_fn: Callable[..., PyTree], sample: Callable[[jax.Array], Any],
   _check_sizes(num_samples, chunk, mesh)
 
   def one_chunk(_, c):
-    vals = jax.vmap(lambda k: stat_fn(sample(k), *args))(_chunk_keys(key, c, chunk, mesh))
+    vals = _chunk_values(stat_fn, sample, key, args, c, chunk, mesh)
     mean = jax.tree.map(lambda v: jnp.mean(v, axis=0), vals)
     var = jax.tree.map(lambda v: jnp.var(v, axis=0), vals)
     return None, (mean, var)
@@ -67,6 +73,38 @@ def mc_stats(stat_fn: Callable[..., PyTree], sample: Callable[[jax.Array], Any],
       vars_, means, mean)
   stderr = jax.tree.map(lambda v: jnp.sqrt(v / num_samples), var)
   return mean, stderr
+
+
+@functools.partial(jax.jit, static_argnames=('stat_fn', 'sample', 'num_samples', 'chunk', 'mesh'))
+def mc_max(stat_fn: Callable[..., PyTree], sample: Callable[[jax.Array], Any], key: jax.Array,
+           args: PyTree = (), *, num_samples: int, chunk: int,
+           mesh: Optional[jax.sharding.Mesh] = None) -> PyTree:
+  """Elementwise max of stat_fn(sample(k), *args) over the num_samples keys of `mc_stats`.
+
+  The same (key, num_samples, chunk) draws the same prompts as `mc_stats`, so a worst case can
+  accompany a mean: e.g. max |y_hat| where theory says y_hat = 0, which a mean with a standard
+  error would hide.
+
+  Args:
+    stat_fn: (prompt, *args) -> pytree of arrays, for one prompt.
+    sample: key -> prompt (one prompt per key).
+    key: PRNG key.
+    args: traced arguments of stat_fn.
+    num_samples: number of prompts; a multiple of chunk.
+    chunk: prompts per vmapped chunk; bounds memory.
+    mesh: optional data mesh; chunk must divide over it.
+
+  Returns:
+    A pytree like stat_fn's output: the max over prompts of each entry.
+  """
+  _check_sizes(num_samples, chunk, mesh)
+
+  def one_chunk(_, c):
+    vals = _chunk_values(stat_fn, sample, key, args, c, chunk, mesh)
+    return None, jax.tree.map(lambda v: jnp.max(v, axis=0), vals)
+
+  _, maxes = jax.lax.scan(one_chunk, None, jnp.arange(num_samples // chunk))
+  return jax.tree.map(lambda v: jnp.max(v, axis=0), maxes)
 
 
 def mc_loss(loss_fn: Callable[[PyTree, Any], jax.Array], sample: Callable[[jax.Array], Any],

@@ -86,6 +86,7 @@ BAD_INPUTS = [
     ('prediction_error', ['--config.m_values=(10, 0)'], 'config.m_values'),
     ('random_covariance', ['--config.covariance_law=cauchy'], 'config.covariance_law'),
     ('random_covariance', ['--config.covariance_scale=0.0'], 'config.covariance_scale'),
+    ('distribution_shift', ['--config.task.m_nonlinear=0'], 'config.task.m_nonlinear'),
 ]
 
 

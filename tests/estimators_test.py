@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from icl_jax import estimators
+from icl_jax.prompts import Prompt
 from icl_jax.models import lsa
 from icl_jax.samplers import regression
 from icl_jax.theory import trained_lsa as th
@@ -13,13 +14,14 @@ from icl_jax.theory import trained_lsa as th
 D = 4
 COV = jnp.array([0.5, 1.0, 1.5, 2.0])
 W = jnp.array([1.0, -2.0, 0.5, 0.3])
+_BATCHED_OLS = jax.jit(jax.vmap(estimators.ols))   # one compilation per shape across tests
 
 
 @pytest.mark.parametrize('n', [D, 3 * D])
 def test_ols_recovers_w_exactly_noiseless(n):
-  """Noiseless prompts with n >= d: OLS predicts <w, x_query> (rtol 1e-3: float32 pinv of a
-  possibly ill-conditioned X at n = d). Fails if the pseudo-inverse is applied to the wrong side
-  or the query is ignored."""
+  """Noiseless prompts with n >= d: OLS predicts <w, x_query> (rtol 1e-3: float32 normal
+  equations of a possibly ill-conditioned X at n = d). Fails if the pseudo-inverse is applied to
+  the wrong side or the query is ignored."""
   keys = jax.random.split(jax.random.key(0), 16)
   batch = jax.vmap(lambda k: regression.linear_prompt(k, n=n, cov=COV, w=W))(keys)
   pred = jax.jit(jax.vmap(estimators.ols))(batch)
@@ -29,8 +31,8 @@ def test_ols_recovers_w_exactly_noiseless(n):
 
 def test_ols_min_norm_for_n_less_than_d():
   """n < d: OLS is the minimum-norm interpolator x_q^T X^T (X X^T)^-1 y (numpy float64 here);
-  rtol 1e-4 (float32 pinv). A query orthogonal to span{x_i} therefore gets prediction 0
-  (atol 1e-5: rounding of the projection)."""
+  rtol 1e-4 (float32 normal equations of a 2 x 2 system). A query orthogonal to span{x_i}
+  therefore gets prediction 0 (atol 1e-5: rounding of the projection)."""
   n = 2
   p = regression.linear_prompt(jax.random.key(1), n=n, cov=COV)
   x, y, q = (np.asarray(a, np.float64) for a in (p.x, p.y, p.x_query))
@@ -41,6 +43,52 @@ def test_ols_min_norm_for_n_less_than_d():
   np.testing.assert_allclose(estimators.ols(p_ctx), p.y[0], rtol=1e-4, atol=1e-5)
   p_orth = regression.linear_prompt(jax.random.key(2), n=n, cov=COV, query='orthogonal')
   np.testing.assert_allclose(estimators.ols(p_orth), 0.0, atol=1e-5)
+
+
+def _gaussian_prompts(key, num, n, d, spread):
+  """num prompts, x and x_query ~ N(0, Lambda), Lambda log-spaced with cond(Lambda) = spread,
+  labels N(0, 1) independent of x (so no w makes the fit exact: a generic least-squares problem)."""
+  k_x, k_y, k_q = jax.random.split(key, 3)
+  sd = jnp.sqrt(jnp.logspace(-0.5, 0.5, d) ** np.log10(spread))
+  return Prompt(x=jax.random.normal(k_x, (num, n, d)) * sd[None, None, :],
+                y=jax.random.normal(k_y, (num, n)),
+                x_query=jax.random.normal(k_q, (num, d)) * sd[None, :], y_query=jnp.zeros((num,)))
+
+
+@pytest.mark.parametrize('n,d', [(20, 5), (8, 5), (3, 5), (2, 5), (60, 20), (10, 20)])
+@pytest.mark.parametrize('spread', [1.0, 100.0])
+def test_ols_matches_numpy_lstsq_and_pinv(n, d, spread):
+  """x_q^T X^+ y against float64 numpy: lstsq for n >= d, pinv for n < d (the min-norm branch),
+  on 64 random full-rank prompts, with cond(Lambda) = 1 and 100 (cond(X) up to ~40).
+
+  Tolerance: the forward error of the float32 normal equations, |x_q| |X^+ y| cond(X)^2 eps32,
+  times 4 (measured at most ~0.9 of that bound at these sizes) plus 1e-6 x |x_q| |X^+ y| for
+  the float32 sums. Also requires that bound to be below 1e-2 of the scale, so the check has
+  power: an OLS on the wrong side, or a pinv with a wrong rank, misses by O(1)."""
+  batch = _gaussian_prompts(jax.random.key(10 + n + d), 64, n, d, spread)
+  pred = np.asarray(_BATCHED_OLS(batch), np.float64)
+  assert pred.shape == (64,) and np.all(np.isfinite(pred))
+  x, y, q = (np.asarray(a, np.float64) for a in (batch.x, batch.y, batch.x_query))
+  for i in range(64):
+    w_ref = (np.linalg.lstsq(x[i], y[i], rcond=None)[0] if n >= d
+             else np.linalg.pinv(x[i]) @ y[i])
+    scale = np.linalg.norm(q[i]) * np.linalg.norm(w_ref)
+    bound = np.linalg.cond(x[i])**2 * np.finfo(np.float32).eps
+    assert bound < 1e-2, 'too ill-conditioned for the check to have power'
+    assert abs(pred[i] - q[i] @ w_ref) <= (4 * bound + 1e-6) * scale, (i, pred[i], q[i] @ w_ref)
+
+
+@pytest.mark.parametrize('n', [3, 8])
+def test_ols_has_no_lapack_custom_call(n):
+  """Both branches lower to plain XLA ops: no custom_call (LAPACK getrf/gesdd/syevd) in the
+  jitted, vmapped program, before or after compilation. Batched LAPACK calls inside one jitted
+  scan were seen to deadlock XLA CPU (jaxlib 0.10.2); jnp.linalg.solve would fail this."""
+  batch = _gaussian_prompts(jax.random.key(0), 4, n, 5, 1.0)
+  lowered = jax.jit(jax.vmap(estimators.ols)).lower(batch)
+  assert 'custom_call' not in lowered.as_text()
+  assert 'custom-call' not in lowered.compile().as_text()
+  assert 'custom_call' in jax.jit(jax.vmap(
+      lambda p: jnp.linalg.solve(p.x.T @ p.x, p.x.T @ p.y))).lower(batch).as_text()
 
 
 def test_zero_estimator():

@@ -83,6 +83,24 @@ def test_same_key_same_estimate():
   assert not np.array_equal(a, c)
 
 
+def test_mc_max_is_the_max_over_the_mc_stats_prompts():
+  """mc_max equals a direct vmapped max over the keys split(fold_in(key, c), chunk), c < num /
+  chunk, i.e. over the prompts mc_stats draws; rtol 1e-6 (~8 float32 ulps: the max itself does
+  not round, but the sampler's sqrt(Lambda) z may fuse differently jitted and eager). Its pytree
+  structure and shapes follow stat_fn's. Fails on a wrong key schedule (e.g. fold_in(key, 0)
+  for every chunk, or split(key, num)), which picks other prompts and another max."""
+  key, num, chunk = jax.random.key(7), 512, 128
+  q_max, q2_max = population.mc_max(_query_stats, _sample, key, num_samples=num, chunk=chunk)
+  keys = jnp.concatenate([jax.random.split(jax.random.fold_in(key, c), chunk)
+                          for c in range(num // chunk)])
+  q = np.asarray(jax.vmap(_sample)(keys).x_query)
+  assert q_max.shape == q2_max.shape == (D,)
+  np.testing.assert_allclose(q_max, q.max(0), rtol=1e-6)
+  np.testing.assert_allclose(q2_max, np.square(q).max(0), rtol=1e-6)
+  assert not np.allclose(q_max, np.asarray(jax.vmap(_sample)(
+      jax.random.split(key, num)).x_query).max(0))
+
+
 def test_bad_sizes_raise():
   """num_samples must be a positive multiple of chunk; chunk must divide over the mesh."""
   with pytest.raises(ValueError, match='multiple of chunk'):
@@ -93,6 +111,8 @@ def test_bad_sizes_raise():
   with pytest.raises(ValueError, match='device count'):
     population.mc_stats(_query_stats, _sample, jax.random.key(0), num_samples=12, chunk=12,
                         mesh=distributed.data_mesh())
+  with pytest.raises(ValueError, match='multiple of chunk'):
+    population.mc_max(_query_stats, _sample, jax.random.key(0), num_samples=100, chunk=64)
 
 
 def _per_prompt_loss_and_grad(prompt, params):
@@ -132,9 +152,9 @@ def test_mc_value_and_grad_matches_exact_gradient():
 
 
 def test_eight_devices_give_the_same_numbers_as_one():
-  """With mesh=data_mesh() (8 simulated CPU devices) mc_stats and mc_value_and_grad return the
-  numbers of mesh=None: the keys of a chunk do not depend on the device count.
-  rtol 1e-5: only the float32 reduction order may differ across shards."""
+  """With mesh=data_mesh() (8 simulated CPU devices) mc_stats, mc_max and mc_value_and_grad
+  return the numbers of mesh=None: the keys of a chunk do not depend on the device count.
+  rtol 1e-5: only the float32 reduction order may differ across shards (mc_max: exact)."""
   assert jax.device_count() == 8
   mesh = distributed.data_mesh()
   params, key = _params(2), jax.random.key(6)
@@ -143,6 +163,10 @@ def test_eight_devices_give_the_same_numbers_as_one():
   eight = population.mc_stats(_query_stats, _sample, key, mesh=mesh, **kw)
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  one = population.mc_max(_query_stats, _sample, key, **kw)
+  eight = population.mc_max(_query_stats, _sample, key, mesh=mesh, **kw)
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+    np.testing.assert_array_equal(a, b)
   kw = dict(num_prompts=1024, chunk=256)
   one = population.mc_value_and_grad(lsa.squared_error, _sample, params, key, **kw)
   eight = population.mc_value_and_grad(lsa.squared_error, _sample, params, key, mesh=mesh, **kw)

@@ -135,6 +135,28 @@ def test_orthogonal_query_is_orthogonal_to_context_span():
   assert np.all(np.linalg.norm(p.x_query, axis=-1) > 1e-3)
 
 
+@pytest.mark.parametrize('n,d', [(2, 3), (5, 20), (19, 20), (25, 20)])
+def test_orthogonal_to_span_matches_float64_projection(n, d):
+  """orthogonal_to_span (Gram-Schmidt twice) vs the float64 projector I - X^T (X X^T)^-1 X
+  (numpy pinv), 32 random Gaussian (X, v); n >= d must give 0. Tolerance 1e-4 |v|: float32
+  Gram-Schmidt loses up to ~cond(X) eps = 1.3e-5 here (cond(X) <= 220 at n = 19, d = 20; the
+  error measured is <= 3e-7). Fails on a projection onto the span instead of its complement, a
+  basis vector left unnormalised, or n >= d rows fed past the d-th (a non-projector). The
+  jitted vmapped program must have no custom call (LAPACK)."""
+  kx, kv = jax.random.split(jax.random.key(21))
+  x = jax.random.normal(kx, (32, n, d))
+  v = jax.random.normal(kv, (32, d))
+  fn = jax.jit(jax.vmap(regression.orthogonal_to_span))
+  assert 'custom_call' not in fn.lower(x, v).as_text()
+  got = np.asarray(fn(x, v), np.float64)
+  x64, v64 = np.asarray(x, np.float64), np.asarray(v, np.float64)
+  want = v64 - np.einsum('bij,bj->bi', np.linalg.pinv(x64) @ x64, v64)
+  err = np.linalg.norm(got - want, axis=-1) / np.linalg.norm(v64, axis=-1)
+  assert np.all(err <= 1e-4), err.max()
+  if n >= d:
+    assert np.all(np.linalg.norm(got, axis=-1) <= 1e-4 * np.linalg.norm(v64, axis=-1))
+
+
 def test_gaussian_query_covariance():
   """query='gaussian' draws x_query ~ N(0, query_cov) (4 exact standard errors); fails if the
   training covariance is used for the query."""

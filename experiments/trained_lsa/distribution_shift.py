@@ -21,15 +21,18 @@ One draw per prompt (x_1..x_M, x_query ~ N(0, Lambda), w ~ N(0, I), unit noise) 
 claim, so one compiled Monte-Carlo pass covers them all; each claim's estimate is still an
 average over independent prompts of its own law (the claims are correlated with each other, which
 no claim uses). A query of covariance Q (diagonal) is sqrt(Q / Lambda) x_query, a covariate scaled
-by c is c x with labels <w, c x>, the ReLU task relabels the same x, and the orthogonal-query
-prompts use the first m_orthogonal points. The population moments of the ReLU task come from a
-separate, larger sample with an independent key.
+by c is c x with labels <w, c x>, the ReLU task relabels the first task.m_nonlinear points of the
+same x (a short M, so that Theorem 5's excess over the best-linear error stands well clear of the
+Monte-Carlo tolerance; a second claim checks that it does), and the orthogonal-query prompts use
+the first m_orthogonal points. The population moments of the ReLU task come from a separate,
+larger sample with an independent key.
 
 CPU notes (jaxlib 0.10.2, 2 cores): XLA compile time dominates, about a second per threefry call
 site, hence one normal draw per prompt and one pass. With OLS by pinv (SVD) or by LU
 (`jnp.linalg.solve`) the pass hung in the XLA CPU runtime (all workers idle, the result never
 ready), every time at eval.chunk = 2048 and sometimes at 1024, whenever several independent
-LAPACK custom calls sat in one program; OLS here is a LAPACK-free SPD solve (`_spd_solve`).
+LAPACK custom calls sat in one program; `estimators.ols` and `regression.orthogonal_to_span`
+(whose QR hung it the same way at d = 20) are LAPACK-free for that reason.
 """
 
 import functools
@@ -38,12 +41,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from experiments import common
 from experiments.trained_lsa import lsa_common
-from icl_jax import plotting, population, results, theory
+from icl_jax import estimators, plotting, population, results, theory
 from icl_jax.models import lsa
 from icl_jax.prompts import Prompt
 from icl_jax.samplers import regression
@@ -69,7 +72,8 @@ def _positive_floats(config, field: str, min_len: int = 1) -> None:
 def validate(config) -> None:
   lsa_common.validate_problem(config)
   for field in ('eval.m_test', 'eval.num_prompts', 'eval.chunk', 'task.relu_width',
-                'task.moment_samples', 'task.moment_chunk', 'query.m_orthogonal'):
+                'task.m_nonlinear', 'task.moment_samples', 'task.moment_chunk',
+                'query.m_orthogonal'):
     common.positive_int(config, field)
   common.multiple_of(config, 'eval.num_prompts', 'eval.chunk')
   common.multiple_of(config, 'task.moment_samples', 'task.moment_chunk')
@@ -79,7 +83,11 @@ def validate(config) -> None:
                              f'<= config.eval.m_test={config.eval.m_test}')
   if min(config.eval.m_curve) < config.d:
     raise common.ConfigError(f'config.eval.m_curve={config.eval.m_curve!r}: every entry must be '
-                             f'>= d={config.d} (OLS by the normal equations needs M >= d)')
+                             f'>= d={config.d} (the curve compares with OLS in its M >= d regime)')
+  if config.task.m_nonlinear > config.eval.m_test:
+    raise common.ConfigError(f'config.task.m_nonlinear={config.task.m_nonlinear}: must be <= '
+                             f'config.eval.m_test={config.eval.m_test} (its prompts are the first '
+                             'm_nonlinear points of the test prompts)')
   if config.d < 2 or not config.query.m_orthogonal < config.d:
     raise common.ConfigError(
         f'config.query.m_orthogonal={config.query.m_orthogonal}: must be in 1..d-1 = '
@@ -87,8 +95,9 @@ def validate(config) -> None:
   common.covariance_diag(config, 'query.query_cov_diag', config.d)
   _positive_floats(config, 'covariate.scales')
   for field in ('task.noise_std', 'task.large_w_norm', 'claims.k_stderr',
-                'claims.orthogonal_rel_tol', 'claims.orthogonal_aniso_min_ratio',
-                'claims.query_normalized_error_tol', 'claims.ols_slope_tol'):
+                'claims.nonlinear_min_excess_tols', 'claims.orthogonal_rel_tol',
+                'claims.orthogonal_aniso_min_ratio', 'claims.query_normalized_error_tol',
+                'claims.ols_slope_tol'):
     common.positive_float(config, field)
 
 
@@ -115,35 +124,10 @@ def _draw(key: jax.Array, *, m: int, d: int) -> _Draw:
   return _Draw(z=z.reshape(m, d), z_query=z_q, w=w, eps=eps, eps_query=eps_q[0])
 
 
-def _spd_solve(a_DxD: jax.Array, b_D: jax.Array) -> jax.Array:
-  """Solves a x = b for symmetric positive-definite a: Gauss-Jordan, no pivoting, pure XLA.
-
-  Elimination without pivoting is stable for SPD matrices. Written with jnp ops instead of
-  `jnp.linalg.solve` because several independent LAPACK custom calls (LU as well as SVD) in one
-  compiled pass hung the XLA CPU runtime here (jaxlib 0.10.2: every worker idle, the result
-  never ready). Candidate for icl_jax.estimators.
-  """
-  d = a_DxD.shape[0]
-  aug = jnp.concatenate([a_DxD, b_D[:, None]], axis=1)
-
-  def eliminate(k, aug):
-    row = aug[k] / aug[k, k]
-    col = aug[:, k].at[k].set(0.0)
-    return (aug - col[:, None] * row[None, :]).at[k].set(row)
-
-  return jax.lax.fori_loop(0, d, eliminate, aug)[:, d]
-
-
-def _ols(prompt: Prompt) -> jax.Array:
-  """OLS prediction x_query^T (X^T X)^-1 X^T y (M >= d), as `estimators.ols` but LAPACK-free."""
-  x_NxD = prompt.x
-  return jnp.dot(prompt.x_query, _spd_solve(x_NxD.T @ x_NxD, x_NxD.T @ prompt.y))
-
-
 def _errors(params: lsa.Params, prompt: Prompt) -> dict:
   """Squared errors of the LSA optimum, OLS and the zero predictor on one prompt."""
   return {'lsa': jnp.square(lsa.predict(params, prompt) - prompt.y_query),
-          'ols': jnp.square(_ols(prompt) - prompt.y_query),
+          'ols': jnp.square(estimators.ols(prompt) - prompt.y_query),
           'zero': jnp.square(prompt.y_query)}
 
 
@@ -177,7 +161,7 @@ def _orth_abs(draw: _Draw, sqrt_cov, params_iso, params, *, m_orth: int) -> jax.
   return _orthogonal(draw, sqrt_cov, m_orth, params_iso, params)['iso_abs']
 
 
-def _make_stats(m_curve: tuple[int, ...], m_orth: int, label_fn):
+def _make_stats(m_curve: tuple[int, ...], m_orth: int, m_nl: int, label_fn):
   """stat_fn of the one Monte-Carlo pass: every claim's per-prompt statistics."""
 
   def stats(draw: _Draw, params, params_iso, sqrt_cov, w_noisy, w_large, noise_std,
@@ -186,8 +170,8 @@ def _make_stats(m_curve: tuple[int, ...], m_orth: int, label_fn):
     noisy = _linear_prompt(x, q, w_noisy, noise_std, draw.eps, draw.eps_query)
     out = {'noisy': _errors(params, noisy),
            'large': _errors(params, _linear_prompt(x, q, w_large)),
-           'nonlinear': _errors(params, Prompt(x=x, y=jax.vmap(label_fn)(x), x_query=q,
-                                               y_query=label_fn(q))),
+           'nonlinear': _errors(params, Prompt(x=x[:m_nl], y=jax.vmap(label_fn)(x[:m_nl]),
+                                               x_query=q, y_query=label_fn(q))),
            'query_same': _errors(params, _linear_prompt(x, q, w)),
            'query_shift': _errors(params, _linear_prompt(x, q * query_factor, w)),
            'orthogonal': _orthogonal(draw, sqrt_cov, m_orth, params_iso, params)}
@@ -199,7 +183,7 @@ def _make_stats(m_curve: tuple[int, ...], m_orth: int, label_fn):
     def covariate(c, r_theory):
       prompt = _linear_prompt(c * x, c * q, w)
       y_q = prompt.y_query
-      y_lsa, y_ols = lsa.predict(params, prompt), _ols(prompt)
+      y_lsa, y_ols = lsa.predict(params, prompt), estimators.ols(prompt)
       # Slope = E[y_hat y] / E[y^2]; A - r B is its delta-method linearisation (at the theory
       # value r, where the claim is tested): mean(A - r B) / mean(B) is slope - r exactly.
       return {'lsa_xy': y_lsa * y_q, 'yy': jnp.square(y_q),
@@ -223,29 +207,6 @@ def _make_moment_stats(label_fn):
     return {'phi': phi, 'lin': lin}
 
   return stats
-
-
-def _mc_stats(stat_fn, sample, key, args, *, num_samples: int, chunk: int):
-  """`population.mc_stats`, returned as pytrees of NumPy arrays."""
-  mean, stderr = population.mc_stats(stat_fn, sample, key, args, num_samples=num_samples,
-                                     chunk=chunk)
-  return jax.tree.map(np.asarray, mean), jax.tree.map(np.asarray, stderr)
-
-
-@functools.partial(jax.jit, static_argnames=('stat_fn', 'sample', 'num_samples', 'chunk'))
-def _mc_max(stat_fn, sample, key, args, *, num_samples: int, chunk: int):
-  """Max over prompts of stat_fn, on the same prompts as `population.mc_stats` draws for key.
-
-  Replicates mc_stats' key scheme (chunk c uses split(fold_in(key, c), chunk)); a max is not a
-  mean, so mc_stats cannot return it. (Candidate for icl_jax.population.)
-  """
-  def one_chunk(_, c):
-    keys = jax.random.split(jax.random.fold_in(key, c), chunk)
-    vals = jax.vmap(lambda k: stat_fn(sample(k), *args))(keys)
-    return None, jax.tree.map(lambda v: jnp.max(v, axis=0), vals)
-
-  _, maxes = jax.lax.scan(one_chunk, None, jnp.arange(num_samples // chunk))
-  return jax.tree.map(lambda v: jnp.max(v, axis=0), maxes)
 
 
 def _nonlinear_theory(cov, n, m, mom):
@@ -284,6 +245,7 @@ def run(config, workdir) -> dict:
   scales_np = np.asarray(config.covariate.scales, np.float64)
   scales = jnp.asarray(scales_np, jnp.float32)
   m_curve, m_orth = tuple(config.eval.m_curve), config.query.m_orthogonal
+  m_nl = config.task.m_nonlinear
   mc = dict(num_samples=config.eval.num_prompts, chunk=config.eval.chunk)
 
   key = common.jax_key(config)
@@ -306,10 +268,12 @@ def run(config, workdir) -> dict:
   moment_sample = lambda k: regression.gaussian(k, 1, cov)[0]
   moment_mc = dict(num_samples=config.task.moment_samples, chunk=config.task.moment_chunk)
   zeros = {'yy': jnp.zeros(()), 'xy': jnp.zeros((d,)), 'yyxx': jnp.zeros((d, d))}
-  mom, _ = _mc_stats(moment_stats, moment_sample, k_moments, (zeros,), **moment_mc)
-  theory_vg = jax.jit(jax.value_and_grad(functools.partial(_nonlinear_theory, cov, n, m)))
+  mom, _ = jax.device_get(population.mc_stats(moment_stats, moment_sample, k_moments, (zeros,),
+                                               **moment_mc))
+  theory_vg = jax.jit(jax.value_and_grad(functools.partial(_nonlinear_theory, cov, n, m_nl)))
   nl_theory, grad = theory_vg(mom['phi'])
-  _, mom_se = _mc_stats(moment_stats, moment_sample, k_moments, (grad,), **moment_mc)
+  _, mom_se = jax.device_get(population.mc_stats(moment_stats, moment_sample, k_moments, (grad,),
+                                                 **moment_mc))
   nl_theory, nl_theory_se = float(nl_theory), float(mom_se['lin'])
   a_nl = mom['phi']['xy'] / np.asarray(cov)
   nl_best = float(mom['phi']['yy'] - mom['phi']['xy'] @ a_nl)
@@ -322,10 +286,10 @@ def run(config, workdir) -> dict:
   sqrt_cov = jnp.sqrt(cov)
   args = (params, params_iso, sqrt_cov, w_noisy, w_large, noise_std, jnp.sqrt(q_cov / cov),
           scales, jnp.asarray(th['slope']))
-  mean, se = _mc_stats(_make_stats(m_curve, m_orth, label_fn), sample, k_prompts, args, **mc)
-  orth_max = _mc_max(functools.partial(_orth_abs, m_orth=m_orth), sample, k_prompts,
-                     (sqrt_cov, params_iso, params), **mc)
-  orth_max = float(orth_max)
+  mean, se = jax.device_get(population.mc_stats(_make_stats(m_curve, m_orth, m_nl, label_fn),
+                                                sample, k_prompts, args, **mc))
+  orth_max = float(population.mc_max(functools.partial(_orth_abs, m_orth=m_orth), sample,
+                                     k_prompts, (sqrt_cov, params_iso, params), **mc))
   logging.info('  done at %.1f s', elapsed())
 
   # OLS on Gaussian x: E x_q^T (X^T X)^-1 x_q = d / (M - d - 1), so error s^2 (1 + d/(M-d-1)).
@@ -371,8 +335,8 @@ def run(config, workdir) -> dict:
                     f'slope_theory_c{c:g}': float(th['slope'][i]),
                     f'slope_limit_c{c:g}': c**2,
                     f'slope_ols_c{c:g}': float(slope_ols[i]),
-                    f'covariate_normalized_error_lsa_c{c:g}': float(cv['lsa_err'][i] / cv['yy'][i]),
-                    f'covariate_normalized_error_ols_c{c:g}': float(cv['ols_err'][i] / cv['yy'][i])})
+                    **{f'covariate_normalized_error_{est}_c{c:g}':
+                       float(cv[f'{est}_err'][i] / cv['yy'][i]) for est in ('lsa', 'ols')}})
 
   # --- claims ----------------------------------------------------------------------------------
   k_sd, cl = config.claims.k_stderr, config.claims
@@ -382,13 +346,29 @@ def run(config, workdir) -> dict:
     return results.Claim(f'{text} (tolerance {k_sd:g} x stderr = {tol:.3g})', measured,
                          expected, tol)
 
+  nl_claim = mc_claim(
+      f'task shift, ReLU-network labels (width {config.task.relu_width}): LSA error = Thm 5 at '
+      f'M={m_nl} with a, Sigma, best-linear error from {config.task.moment_samples} independent '
+      'draws (stderr combines both samples; delta method)',
+      mean['nonlinear']['lsa'], se['nonlinear']['lsa'], nl_theory, nl_theory_se)
+  # The Thm 5 claim only tests eq. (16) if its tolerance is well below the excess of eq. (16)
+  # over the best-linear error (the M -> inf, N -> inf limit); this claim makes that explicit.
+  nl_excess_theory = nl_theory - nl_best
+  nl_excess = float(mean['nonlinear']['lsa']) - nl_best
+  metrics.update({'nonlinear_m_test': m_nl, 'nonlinear_excess_theory': nl_excess_theory,
+                  'nonlinear_excess_lsa': nl_excess,
+                  'nonlinear_claim_tolerance': nl_claim.tolerance,
+                  'nonlinear_excess_theory_over_tolerance': nl_excess_theory / nl_claim.tolerance})
   claims = [
       mc_claim(f'task shift, noisy labels (s={noise_std:g}, fixed w): LSA error = Thm 5 eq. (16) '
                f'at M={m}, N={n}', mean['noisy']['lsa'], se['noisy']['lsa'], th['noisy']),
-      mc_claim(f'task shift, ReLU-network labels (width {config.task.relu_width}): LSA error = '
-               f'Thm 5 with a, Sigma, best-linear error from {config.task.moment_samples} '
-               'independent draws (stderr combines both samples; delta method)',
-               mean['nonlinear']['lsa'], se['nonlinear']['lsa'], nl_theory, nl_theory_se),
+      nl_claim,
+      results.Claim(
+          f'task shift, ReLU-network labels: the LSA error exceeds the best-linear error by at '
+          f'least {cl.nonlinear_min_excess_tols:g} x the tolerance of the claim above (Thm 5 '
+          f'predicts an excess of {nl_excess_theory:.3g} at M={m_nl}), so that claim tells '
+          'eq. (16) apart from "LSA error = best-linear error"',
+          nl_excess, cl.nonlinear_min_excess_tols * nl_claim.tolerance, 0.0, 'at_least'),
       mc_claim(f'task shift, fixed w with ||w|| = {config.task.large_w_norm:g} sqrt(d): LSA '
                'error = Thm 5', mean['large']['lsa'], se['large']['lsa'], th['large']),
       results.Claim(f'query shift, query orthogonal to the span of M={m_orth} < d={d} points, '
@@ -425,7 +405,7 @@ def run(config, workdir) -> dict:
       'm_curve': np.asarray(m_curve), 'noisy_error_lsa': curve['lsa'],
       'noisy_error_lsa_stderr': curve_se['lsa'], 'noisy_error_ols': curve['ols'],
       'noisy_error_ols_stderr': curve_se['ols'], 'noisy_error_theory': th['noisy_curve'],
-      'task_names': np.array(tasks),
+      'task_names': np.array(tasks), 'task_m_test': np.array([m, m_nl, m, m]),
       'task_error_lsa': np.array([mean[t]['lsa'] for t in tasks]),
       'task_error_lsa_stderr': np.array([se[t]['lsa'] for t in tasks]),
       'task_error_ols': np.array([mean[t]['ols'] for t in tasks]),

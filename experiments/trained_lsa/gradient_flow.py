@@ -13,7 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
@@ -76,51 +76,32 @@ def run(config, workdir) -> dict:
       log_every=config.train.log_every, ckpt_every=config.train.ckpt_every, workdir=workdir,
       grad_tol=config.train.grad_tol)
 
-  m = lsa_common.weight_claims_metrics(params, w_kq_star, w_pv_star)
+  m = lsa_common.flow_metrics(params, hist, lr, w_kq_star, w_pv_star)
   loss_final, loss_star = float(exact(params)), float(exact(star))
   m.update({'loss_final': loss_final, 'loss_optimum': loss_star,
             'loss_rel_gap': abs(loss_final - loss_star) / loss_star,
-            'steps': len(hist.loss), 'lr': lr, 'time_t': lr * len(hist.loss),
-            'converged': float(hist.converged), 'grad_norm_final': float(hist.grad_norm[-1]),
+            'time_t': lr * len(hist.loss),
             'balancedness': float(jnp.sum(params.w_kq[:d, :d]**2) - params.w_pv[d, d]**2)})
-  c = config.claims
-  claims = [
-      results.Claim('gradient flow converged: |grad L| <= train.grad_tol within the step cap',
-                    m['grad_norm_final'], config.train.grad_tol, 0.0, 'at_most'),
-      results.Claim('w22^PV W11^KQ -> Gamma^-1 (relative Frobenius error)',
-                    m['product_rel_error'], 0.0, c.product_rel_tol, 'at_most'),
-      results.Claim('W11^KQ -> tr(Gamma^-2)^(-1/4) Gamma^-1 (relative Frobenius error, eq. 11)',
-                    m['w_kq_block_rel_error'], 0.0, c.block_rel_tol, 'at_most'),
-      results.Claim('w22^PV -> tr(Gamma^-2)^(1/4) (relative error, eq. 11)',
-                    m['w_pv_22_rel_error'], 0.0, c.block_rel_tol, 'at_most'),
-      results.Claim('blocks Thm 4 sets to zero stay near zero (max |entry| / max |W*|)',
-                    m['zero_blocks_max_rel'], 0.0, c.zero_block_tol, 'at_most'),
-      results.Claim('final loss equals the loss of the Thm 4 optimum (relative gap)',
-                    m['loss_rel_gap'], 0.0, c.loss_rel_tol, 'at_most'),
-  ]
+  claims = [lsa_common.converged_claim(m, config.train.grad_tol)]
+  claims += lsa_common.weight_claims(
+      m, config.claims, product='Gamma^-1', w_kq='tr(Gamma^-2)^(-1/4) Gamma^-1',
+      w_pv='tr(Gamma^-2)^(1/4)', zero_by='Thm 4', ref=', eq. 11')
+  claims.append(results.Claim('final loss equals the loss of the Thm 4 optimum (relative gap)',
+                              m['loss_rel_gap'], 0.0, config.claims.loss_rel_tol, 'at_most'))
 
   traj = hist.trajectory
   g_inv = jnp.linalg.inv(T.gamma(cov, n))
   prod_traj = traj.w_pv[:, d, d][:, None, None] * traj.w_kq[:, :d, :d]
   prod_err = np.linalg.norm(prod_traj - np.asarray(g_inv), axis=(1, 2)) / np.linalg.norm(g_inv)
-  arrays = {'w_kq': params.w_kq, 'w_pv': params.w_pv, 'loss': hist.loss,
-            'grad_norm': hist.grad_norm, 'w_kq_theory': w_kq_star, 'w_pv_theory': w_pv_star,
-            'trajectory_steps': hist.trajectory_steps, 'trajectory_w_kq': traj.w_kq,
-            'trajectory_w_pv': traj.w_pv, 'trajectory_product_rel_error': prod_err,
-            'covariance_diag': cov}
-  t = lr * np.arange(1, len(hist.loss) + 1)
-  figures = {
-      'loss.png': plotting.curves(
-          t, {'L(theta_t) - L(theta*)': np.maximum(hist.loss - loss_star, 1e-12)},
-          xlabel='time t = lr x step', ylabel='excess population loss', logy=True,
-          title=f'Gradient flow, d={d}, N={n} (Thm 4)'),
-      'product_error.png': plotting.curves(
-          lr * hist.trajectory_steps, {'||w22 W11 - Gamma^-1||_F / ||Gamma^-1||_F': prod_err},
-          xlabel='time t', ylabel='relative error', logy=True, title='Convergence to Gamma^-1'),
-      'weights.png': plotting.heatmaps(
-          {'learned W_KQ': params.w_kq, 'Thm 4 W_KQ*': w_kq_star, 'learned W_PV': params.w_pv,
-           'Thm 4 W_PV*': w_pv_star}, title='Learned vs Theorem 4 weights'),
-  }
+  arrays = lsa_common.flow_arrays(params, hist, w_kq_star, w_pv_star)
+  arrays.update({'trajectory_product_rel_error': prod_err, 'covariance_diag': cov})
+  figures = lsa_common.flow_figures(
+      params, hist, lr, w_kq_star, w_pv_star, loss_star, theory='Thm 4',
+      loss_title=f'Gradient flow, d={d}, N={n} (Thm 4)', loss_xlabel='time t = lr x step',
+      loss_ylabel='excess population loss', weights_title='Learned vs Theorem 4 weights')
+  figures['product_error.png'] = plotting.curves(
+      lr * hist.trajectory_steps, {'||w22 W11 - Gamma^-1||_F / ||Gamma^-1||_F': prod_err},
+      xlabel='time t', ylabel='relative error', logy=True, title='Convergence to Gamma^-1')
   return results.write_run(
       workdir, experiment=EXPERIMENT, paper='zhang_frei_bartlett_2023', reproduces='Thm 4',
       config=config.to_dict(), metrics=m, claims=claims, arrays=arrays, figures=figures,

@@ -1,11 +1,12 @@
-"""Pieces the trained-LSA apps share: config checks for (d, N, Lambda) and the lr rule."""
+"""Pieces the trained-LSA apps share: config checks for (d, N, Lambda), the lr rule, and the
+metrics, claims, arrays and figures of a gradient-flow run against a closed-form optimum."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments import common
-from icl_jax import theory
+from icl_jax import plotting, results, theory, training
 from icl_jax.models import lsa
 
 T = theory.trained_lsa
@@ -73,6 +74,70 @@ def weight_claims_metrics(params: lsa.Params, w_kq_star, w_pv_star) -> dict:
       'w_pv_22_rel_error': float(abs(w_pv[d, d] - w_pv_star[d, d]) / abs(w_pv_star[d, d])),
       'zero_blocks_max_rel': float(max(np.abs(w_kq[kq_mask]).max(), np.abs(w_pv[pv_mask]).max())
                                    / scale),
+  }
+
+
+def flow_metrics(params: lsa.Params, hist: training.History, lr: float, w_kq_star,
+                 w_pv_star) -> dict:
+  """`weight_claims_metrics` plus the run's steps, lr, final gradient norm and convergence."""
+  met = weight_claims_metrics(params, w_kq_star, w_pv_star)
+  met.update({'steps': len(hist.loss), 'lr': lr, 'grad_norm_final': float(hist.grad_norm[-1]),
+              'converged': float(hist.converged)})
+  return met
+
+
+def converged_claim(met: dict, grad_tol: float, loss: str = '') -> results.Claim:
+  """The flow stopped on |grad L| <= grad_tol, not on the step cap; loss names L (' on (20)')."""
+  return results.Claim(f'gradient flow{loss} converged: |grad L| <= train.grad_tol within the '
+                       'step cap', met['grad_norm_final'], grad_tol, 0.0, 'at_most')
+
+
+def weight_claims(met: dict, claims_config, *, product: str, w_kq: str, w_pv: str, zero_by: str,
+                  ref: str = '', prefix: str = '') -> list[results.Claim]:
+  """The four claims on learned weights vs an optimum of the Thm 4 / Thm 8 form.
+
+  Args:
+    met: from `weight_claims_metrics` (or `flow_metrics`).
+    claims_config: with product_rel_tol, block_rel_tol, zero_block_tol.
+    product, w_kq, w_pv: how the claims name the targets of w22^PV W11^KQ, W11^KQ and w22^PV.
+    zero_by: what sets the other blocks to zero ('Thm 4', 'eq. (22)').
+    ref: appended inside the parentheses of the block claims (', eq. 11').
+    prefix: opens every claim ('Thm 8: ').
+  """
+  c = claims_config
+  return [
+      results.Claim(f'{prefix}w22^PV W11^KQ -> {product} (relative Frobenius error)',
+                    met['product_rel_error'], 0.0, c.product_rel_tol, 'at_most'),
+      results.Claim(f'{prefix}W11^KQ -> {w_kq} (relative Frobenius error{ref})',
+                    met['w_kq_block_rel_error'], 0.0, c.block_rel_tol, 'at_most'),
+      results.Claim(f'{prefix}w22^PV -> {w_pv} (relative error{ref})',
+                    met['w_pv_22_rel_error'], 0.0, c.block_rel_tol, 'at_most'),
+      results.Claim(f'{prefix}blocks {zero_by} sets to zero stay near zero '
+                    '(max |entry| / max |W*|)',
+                    met['zero_blocks_max_rel'], 0.0, c.zero_block_tol, 'at_most'),
+  ]
+
+
+def flow_arrays(params: lsa.Params, hist: training.History, w_kq_star, w_pv_star) -> dict:
+  """Final and theory weights, loss and gradient-norm curves, and the logged trajectory."""
+  return {'w_kq': params.w_kq, 'w_pv': params.w_pv, 'loss': hist.loss,
+          'grad_norm': hist.grad_norm, 'w_kq_theory': w_kq_star, 'w_pv_theory': w_pv_star,
+          'trajectory_steps': hist.trajectory_steps, 'trajectory_w_kq': hist.trajectory.w_kq,
+          'trajectory_w_pv': hist.trajectory.w_pv}
+
+
+def flow_figures(params: lsa.Params, hist: training.History, lr: float, w_kq_star, w_pv_star,
+                 loss_star: float, *, theory: str, loss_title: str, loss_xlabel: str,
+                 loss_ylabel: str, weights_title: str) -> dict:
+  """'loss.png' (excess loss vs time lr x step) and 'weights.png' (learned vs `theory` weights)."""
+  t = lr * np.arange(1, len(hist.loss) + 1)
+  return {
+      'loss.png': plotting.curves(
+          t, {'L(theta_t) - L(theta*)': np.maximum(hist.loss - loss_star, 1e-12)},
+          xlabel=loss_xlabel, ylabel=loss_ylabel, logy=True, title=loss_title),
+      'weights.png': plotting.heatmaps(
+          {'learned W_KQ': params.w_kq, f'{theory} W_KQ*': w_kq_star,
+           'learned W_PV': params.w_pv, f'{theory} W_PV*': w_pv_star}, title=weights_title),
   }
 
 

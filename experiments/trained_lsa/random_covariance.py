@@ -20,12 +20,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
 from experiments.trained_lsa import lsa_common
-from icl_jax import estimators, metrics, plotting, population, results, theory, training
+from icl_jax import estimators, plotting, population, results, theory, training
 from icl_jax.models import lsa
 from icl_jax.samplers import regression
 
@@ -108,10 +108,8 @@ def run(config, workdir) -> dict:
       make_loss(config, moments, dtype), params0, lr=lr, key=k_train,
       max_steps=config.train.max_steps, log_every=config.train.log_every,
       ckpt_every=config.train.ckpt_every, workdir=workdir, grad_tol=config.train.grad_tol)
-  met = lsa_common.weight_claims_metrics(params, w_kq_star, w_pv_star)
-  met.update({'steps': len(hist.loss), 'lr': lr, 'grad_norm_final': float(hist.grad_norm[-1]),
-              'converged': float(hist.converged), 'loss_final': float(exact(params)),
-              'loss_optimum': float(exact(star))})
+  met = lsa_common.flow_metrics(params, hist, lr, w_kq_star, w_pv_star)
+  met.update({'loss_final': float(exact(params)), 'loss_optimum': float(exact(star))})
 
   # Slopes on fresh random-covariance test prompts of length m_test.
   n_values = np.asarray(config.n_values)
@@ -143,10 +141,8 @@ def run(config, workdir) -> dict:
 
   theory_slopes = {int(nn): [float(s) for s in T.random_covariance_slopes(moments, d, int(nn))]
                    for nn in n_values}
-  arrays = {'w_kq': params.w_kq, 'w_pv': params.w_pv, 'loss': hist.loss,
-            'grad_norm': hist.grad_norm, 'w_kq_theory': w_kq_star, 'w_pv_theory': w_pv_star,
-            'trajectory_steps': hist.trajectory_steps, 'trajectory_w_kq': hist.trajectory.w_kq,
-            'trajectory_w_pv': hist.trajectory.w_pv, 'n_values': n_values}
+  arrays = lsa_common.flow_arrays(params, hist, w_kq_star, w_pv_star)
+  arrays['n_values'] = n_values
   z = {}
   for qi, query in enumerate(('independent', 'same')):
     s = np.array([slope(query, int(nn)) for nn in n_values])
@@ -173,18 +169,11 @@ def run(config, workdir) -> dict:
   c = config.claims
   claims = []
   if config.train.loss == 'exact':
-    claims.append(results.Claim(
-        'gradient flow on (20) converged: |grad L| <= train.grad_tol within the step cap',
-        met['grad_norm_final'], config.train.grad_tol, 0.0, 'at_most'))
+    claims.append(lsa_common.converged_claim(met, config.train.grad_tol, ' on (20)'))
+  claims += lsa_common.weight_claims(
+      met, c, prefix='Thm 8: ', product='[E Gamma L^2]^-1 E L^2', w_kq='eq. (22) block',
+      w_pv='eq. (22) value', zero_by='eq. (22)')
   claims += [
-      results.Claim('Thm 8: w22^PV W11^KQ -> [E Gamma L^2]^-1 E L^2 (relative Frobenius error)',
-                    met['product_rel_error'], 0.0, c.product_rel_tol, 'at_most'),
-      results.Claim('Thm 8: W11^KQ -> eq. (22) block (relative Frobenius error)',
-                    met['w_kq_block_rel_error'], 0.0, c.block_rel_tol, 'at_most'),
-      results.Claim('Thm 8: w22^PV -> eq. (22) value (relative error)',
-                    met['w_pv_22_rel_error'], 0.0, c.block_rel_tol, 'at_most'),
-      results.Claim('Thm 8: blocks eq. (22) sets to zero stay near zero (max |entry| / max |W*|)',
-                    met['zero_blocks_max_rel'], 0.0, c.zero_block_tol, 'at_most'),
       results.Claim(f'trained model: slope of y_hat on <w, x_q> (x_q independent of Lambda_new) '
                     f'within {c.k_stderr:g} stderr of m1 mean(diag(w22 W11))',
                     trained_slope, trained_theory, c.k_stderr * trained_se),
@@ -199,27 +188,22 @@ def run(config, workdir) -> dict:
                     f'matches within {c.k_stderr:g} stderr at every N (max |z|)',
                     z['same'], 0.0, c.k_stderr, 'at_most'),
   ]
-  figures = {
-      'slope_vs_n.png': plotting.curves(
-          n_values, {'x_q indep. of Lambda (MC)': arrays['slope_independent_query'],
-                     'closed form m1 mean(D_N)': arrays['slope_independent_query_theory'],
-                     'x_q ~ N(0, Lambda) (MC)': arrays['slope_same_query'],
-                     'closed form m2 mean(D_N)/m1': arrays['slope_same_query_theory']},
-          errs={'x_q indep. of Lambda (MC)': arrays['slope_independent_query_stderr'],
-                'x_q ~ N(0, Lambda) (MC)': arrays['slope_same_query_stderr']},
-          styles={'closed form m1 mean(D_N)': {'ls': '--'},
-                  'closed form m2 mean(D_N)/m1': {'ls': '--'}},
-          hlines={f'eq. (23) limit {factor:.3g} (LSA)': factor}, logx=True,
-          xlabel='training prompt length N', ylabel='slope of y_hat on <w, x_q>',
-          title=f'Thm 8 optima, {config.covariance_law} covariances, d={d}, M={config.m_test}'),
-      'weights.png': plotting.heatmaps(
-          {'learned W_KQ': params.w_kq, 'eq. (22) W_KQ*': w_kq_star, 'learned W_PV': params.w_pv,
-           'eq. (22) W_PV*': w_pv_star}, title='Learned vs Theorem 8 weights'),
-      'loss.png': plotting.curves(
-          lr * np.arange(1, len(hist.loss) + 1),
-          {'L(theta_t) - L(theta*)': np.maximum(hist.loss - met['loss_optimum'], 1e-12)},
-          xlabel='time t', ylabel='excess loss (20)', logy=True, title='Gradient flow (Thm 8)'),
-  }
+  figures = lsa_common.flow_figures(
+      params, hist, lr, w_kq_star, w_pv_star, met['loss_optimum'], theory='eq. (22)',
+      loss_title='Gradient flow (Thm 8)', loss_xlabel='time t', loss_ylabel='excess loss (20)',
+      weights_title='Learned vs Theorem 8 weights')
+  figures['slope_vs_n.png'] = plotting.curves(
+      n_values, {'x_q indep. of Lambda (MC)': arrays['slope_independent_query'],
+                 'closed form m1 mean(D_N)': arrays['slope_independent_query_theory'],
+                 'x_q ~ N(0, Lambda) (MC)': arrays['slope_same_query'],
+                 'closed form m2 mean(D_N)/m1': arrays['slope_same_query_theory']},
+      errs={'x_q indep. of Lambda (MC)': arrays['slope_independent_query_stderr'],
+            'x_q ~ N(0, Lambda) (MC)': arrays['slope_same_query_stderr']},
+      styles={'closed form m1 mean(D_N)': {'ls': '--'},
+              'closed form m2 mean(D_N)/m1': {'ls': '--'}},
+      hlines={f'eq. (23) limit {factor:.3g} (LSA)': factor}, logx=True,
+      xlabel='training prompt length N', ylabel='slope of y_hat on <w, x_q>',
+      title=f'Thm 8 optima, {config.covariance_law} covariances, d={d}, M={config.m_test}')
   return results.write_run(
       workdir, experiment=EXPERIMENT, paper='zhang_frei_bartlett_2023',
       reproduces='Thm 8, eq. (23)', config=config.to_dict(), metrics=met, claims=claims,

@@ -76,9 +76,28 @@ def law_moments(law: str, scale: float = 1.0) -> tuple[float, float, float]:
 
 
 def orthogonal_to_span(x_NxD: jax.Array, v_D: jax.Array) -> jax.Array:
-  """Projection of v onto the orthogonal complement of span{x_1..x_n} (n < d for it to be nonzero)."""
-  q_DxN, _ = jnp.linalg.qr(x_NxD.T)
-  return v_D - q_DxN @ (q_DxN.T @ v_D)
+  """Projection of v onto the orthogonal complement of span{x_1..x_n} (n < d for it to be nonzero).
+
+  An orthonormal basis of the span by classical Gram-Schmidt with one reorthogonalisation
+  ("twice is enough", Giraud, Langou & Rozloznik 2005), the projection also applied twice: as
+  accurate as QR when X has full row rank, as Gaussian covariates do almost surely, and free of
+  LAPACK custom calls (batched geqrf/orgqr, like LU and SVD, were seen to hang jitted scans on
+  XLA CPU, jaxlib 0.10.2). For n >= d the first d rows span R^d and the result is 0 to rounding.
+  """
+  n, d = x_NxD.shape
+  rows = min(n, d)
+
+  def project_out(q_RxD, u_D):
+    for _ in range(2):
+      u_D = u_D - q_RxD.T @ (q_RxD @ u_D)
+    return u_D
+
+  def add_row(i, q_RxD):
+    u_D = project_out(q_RxD, x_NxD[i])  # rows >= i of q are still 0
+    return q_RxD.at[i].set(u_D / jnp.sqrt(jnp.sum(jnp.square(u_D))))
+
+  q_RxD = jax.lax.fori_loop(0, rows, add_row, jnp.zeros((rows, d), x_NxD.dtype))
+  return project_out(q_RxD, v_D)
 
 
 def _query(key, x_NxD, cov, query, query_cov):

@@ -32,6 +32,10 @@ def _base():
       'noise_std': 0.5,            # label noise std of the noisy linear task, eps ~ N(0, s^2)
       'large_w_norm': 5.0,         # ||w|| = large_w_norm * sqrt(d) for the large-norm task
       'relu_width': 64,            # width of the fixed two-layer ReLU network of the nonlinear task
+      # test prompt length M of the nonlinear task (its first M points, <= m_test; 2d at every
+      # preset): Thm 5's excess over the best-linear error, ~ tr(Sigma Gamma^-2 Lambda) / M, is
+      # then 5-10x the claim's Monte-Carlo tolerance (at M = 200 it was below it)
+      'm_nonlinear': 10,
       'moment_samples': 1_048_576,  # (x, y) draws for E[y^2], E[xy], E[y^2 x x^T] of that task
       'moment_chunk': 16_384,
   })
@@ -44,6 +48,9 @@ def _base():
   })
   config.claims = config_dict.ConfigDict({
       'k_stderr': 4.0,             # Monte-Carlo comparisons hold within k standard errors
+      # ReLU task: (LSA error - best-linear error) >= this x the Thm 5 claim's tolerance, so that
+      # claim can tell eq. (16) from "error = best-linear error"
+      'nonlinear_min_excess_tols': 3.0,
       # max |y_hat| / RMS(y_query) for the orthogonal query with Lambda = I: exact zero up to
       # float32 rounding of the O(d)-term sums in eq. (6) (~1e-6 relative at d = 5, ~1e-5 at 20).
       'orthogonal_rel_tol': 1e-4,
@@ -66,13 +73,15 @@ _PAPER_COV = tuple(0.5 + 1.5 * i / (_PAPER_D - 1) for i in range(_PAPER_D))
 _PRESETS = {
     'smoke': {'d': 3, 'n_context': 50, 'covariance_diag': (0.5, 1.0, 2.0),
               'eval.m_test': 100, 'eval.m_curve': (10, 30, 100), 'eval.num_prompts': 4096,
-              'eval.chunk': 1024, 'task.relu_width': 16, 'task.moment_samples': 262_144,
+              'eval.chunk': 1024, 'task.relu_width': 16, 'task.m_nonlinear': 6,
+              'task.moment_samples': 262_144,
               'query.m_orthogonal': 2, 'query.query_cov_diag': (2.0, 1.0, 0.5),
               'covariate.scales': (0.5, 2.0)},
     'quick': {},
     'paper': {'d': _PAPER_D, 'n_context': 100, 'covariance_diag': _PAPER_COV,
               'eval.m_test': 2000, 'eval.m_curve': (50, 100, 200, 500, 1000, 2000),
               'eval.num_prompts': 262_144, 'eval.chunk': 4096, 'task.relu_width': 256,
+              'task.m_nonlinear': 2 * _PAPER_D,
               'task.moment_samples': 16_777_216, 'task.moment_chunk': 65_536,
               'query.m_orthogonal': _PAPER_D - 2, 'query.query_cov_diag': _PAPER_COV[::-1]},
 }
