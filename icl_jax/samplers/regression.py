@@ -20,21 +20,19 @@ COVARIANCE_LAWS = ('exponential', 'uniform', 'chi2_1')
 QUERY_KINDS = ('same', 'gaussian', 'orthogonal')
 
 
-def _cov_sqrt(cov: jax.Array) -> jax.Array:
-  """A factor R with R R^T = cov (the diagonal's square root for a [d] cov)."""
+def _times_cov_sqrt(cov: jax.Array, a_DxK: jax.Array) -> jax.Array:
+  """R a for a factor R R^T = cov: a row scaling by sqrt(cov) for a [d] cov, Cholesky if [d, d]."""
   cov = jnp.asarray(cov)
   if cov.ndim == 1:
-    return jnp.diag(jnp.sqrt(cov))
-  return jnp.linalg.cholesky(cov)
+    return jnp.sqrt(cov)[:, None] * a_DxK
+  return jnp.linalg.cholesky(cov) @ a_DxK
 
 
 def gaussian(key: jax.Array, n: int, cov: jax.Array) -> jax.Array:
   """n i.i.d. draws from N(0, cov): [n, d]."""
   cov = jnp.asarray(cov)
-  z_NxD = jax.random.normal(key, (n, cov.shape[0]))
-  if cov.ndim == 1:
-    return z_NxD * jnp.sqrt(cov)[None, :]
-  return z_NxD @ _cov_sqrt(cov).T
+  z_DxN = jax.random.normal(key, (n, cov.shape[0])).T
+  return _times_cov_sqrt(cov, z_DxN).T
 
 
 def random_diagonal(key: jax.Array, d: int, law: str = 'exponential',
@@ -263,14 +261,10 @@ def sample_linear_stats(key: jax.Array, *, n: int, cov: jax.Array,
   index_DxD[rows, cols] = np.arange(num_lower)
   b_DxD = jnp.concatenate([z[:num_lower], jnp.zeros((1,), z.dtype)])[index_DxD]
   b_DxD = b_DxD + jnp.diag(jnp.sqrt(chi2(k_chi, n - np.arange(d))))
-  z_q = z[num_lower:num_lower + d]
   if w is None:
     w = z[num_lower + d:]
-  if cov.ndim == 1:
-    sqrt_cov = jnp.sqrt(cov)
-    rb_DxD, x_q = sqrt_cov[:, None] * b_DxD, sqrt_cov * z_q
-  else:
-    r_DxD = _cov_sqrt(cov)
-    rb_DxD, x_q = r_DxD @ b_DxD, r_DxD @ z_q
+  # R [B | z_q]: one product (a row scaling for diagonal Lambda) for the factor and the query.
+  rb_Dx1d = _times_cov_sqrt(cov, jnp.concatenate([b_DxD, z[num_lower:num_lower + d, None]], 1))
+  rb_DxD, x_q = rb_Dx1d[:, :d], rb_Dx1d[:, d]
   return LinearPromptStats(x_factor=rb_DxD / np.sqrt(n), w=w, x_query=x_q,
                            y_query=jnp.dot(w, x_q), n=n)
