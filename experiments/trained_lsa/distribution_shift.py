@@ -440,7 +440,7 @@ def run(config, workdir) -> dict:
           title=f'Task shift: noisy labels s={noise_std:g}, d={d}, N={n}'),
   }
   return results.write_run(
-      workdir, experiment=EXPERIMENT, paper='zhang_frei_bartlett_2023',
+      workdir, experiment=EXPERIMENT, paper=lsa_common.PAPER,
       reproduces='Thm 5, Sec. 4.2', config=config.to_dict(), metrics=metrics, claims=claims,
       arrays=arrays, figures=figures, runtime_s=elapsed())
 

@@ -103,7 +103,7 @@ def run(config, workdir) -> dict:
       lr * hist.trajectory_steps, {'||w22 W11 - Gamma^-1||_F / ||Gamma^-1||_F': prod_err},
       xlabel='time t', ylabel='relative error', logy=True, title='Convergence to Gamma^-1')
   return results.write_run(
-      workdir, experiment=EXPERIMENT, paper='zhang_frei_bartlett_2023', reproduces='Thm 4',
+      workdir, experiment=EXPERIMENT, paper=lsa_common.PAPER, reproduces='Thm 4',
       config=config.to_dict(), metrics=m, claims=claims, arrays=arrays, figures=figures,
       runtime_s=elapsed())
 

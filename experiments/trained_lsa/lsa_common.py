@@ -10,6 +10,7 @@ from icl_jax import plotting, results, theory, training
 from icl_jax.models import lsa
 
 T = theory.trained_lsa
+PAPER = 'zhang_frei_bartlett_2023'  # the `paper` every trained-LSA app writes to results.json
 
 
 def validate_problem(config) -> None:

@@ -170,7 +170,7 @@ def run(config, workdir) -> dict:
           title=f'slope {n_slope:.3f} (expected -2)'),
   }
   return results.write_run(
-      workdir, experiment=EXPERIMENT, paper='zhang_frei_bartlett_2023',
+      workdir, experiment=EXPERIMENT, paper=lsa_common.PAPER,
       reproduces='Thm 5, Cor 6', config=config.to_dict(), metrics=met, claims=claims,
       arrays=arrays, figures=figures, runtime_s=elapsed())
 

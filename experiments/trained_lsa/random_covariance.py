@@ -205,7 +205,7 @@ def run(config, workdir) -> dict:
       xlabel='training prompt length N', ylabel='slope of y_hat on <w, x_q>',
       title=f'Thm 8 optima, {config.covariance_law} covariances, d={d}, M={config.m_test}')
   return results.write_run(
-      workdir, experiment=EXPERIMENT, paper='zhang_frei_bartlett_2023',
+      workdir, experiment=EXPERIMENT, paper=lsa_common.PAPER,
       reproduces='Thm 8, eq. (23)', config=config.to_dict(), metrics=met, claims=claims,
       arrays=arrays, figures=figures, runtime_s=elapsed())
 
