@@ -1,8 +1,15 @@
 """What every experiment app shares: config checks, the absl entry point, quiet orbax logs.
 
-An app defines `run(config, workdir) -> results dict` and `validate(config)`; `main_for`
-builds its absl main: reject extra argv, validate the config before any work (one line on
-stderr, exit 2), claim the workdir, log devices, run, log the claims.
+An app module defines `validate(config)` (raises `ConfigError`) and
+`run(config, workdir) -> results.Run` (metrics, claims, arrays, figures), and ends with
+
+  if __name__ == '__main__':
+    common.run_app('trained_lsa/gradient_flow', validate, run, paper=..., reproduces='Thm 4')
+
+`run_app` defines the `--config` and `--workdir` flags, and its main rejects extra argv, checks
+the config before any work (one line on stderr, exit 2), joins a multi-process run when
+`config.distributed` asks for one, claims the workdir, times `run`, writes the results from
+process 0 only (`distributed.is_writer`), and logs the claims.
 """
 
 import logging as py_logging
@@ -12,8 +19,8 @@ import time
 from typing import Callable, Iterable
 
 import jax
-from absl import logging
-from ml_collections import config_dict
+from absl import flags, logging
+from ml_collections import config_dict, config_flags
 
 from icl_jax import distributed, results
 
@@ -56,6 +63,15 @@ def positive_ints(config, field: str, min_len: int = 1) -> None:
       or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values)):
     raise ConfigError(f'config.{field}={values!r}: must be a tuple of at least {min_len} '
                       'positive integers')
+
+
+def positive_floats(config, field: str, min_len: int = 1) -> None:
+  values = _get(config, field)
+  if (not isinstance(values, (tuple, list)) or len(values) < min_len
+      or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+             or not math.isfinite(v) for v in values)):
+    raise ConfigError(f'config.{field}={values!r}: must be a tuple of at least {min_len} '
+                      'positive numbers')
 
 
 def covariance_diag(config, field: str, d: int) -> None:
@@ -102,38 +118,90 @@ def quiet_orbax() -> None:
   py_logging.getLogger('absl').addFilter(_DropOrbaxInfo())
 
 
-def main_for(experiment: str, validate: Callable, run: Callable, config_flag, workdir_flag):
-  """Builds the absl main of an app."""
+def validate_distributed(config) -> None:
+  """config.distributed: num_processes >= 1, 0 <= process_id < num_processes, 'host:port'."""
+  dist = config.distributed
+  if dist.num_processes is not None and (isinstance(dist.num_processes, bool)
+                                         or dist.num_processes < 1):
+    raise ConfigError(f'config.distributed.num_processes={dist.num_processes!r}: must be a '
+                      'positive integer (or unset: auto-detect)')
+  if dist.process_id is not None:
+    limit = dist.num_processes
+    if dist.process_id < 0 or (limit is not None and dist.process_id >= limit):
+      raise ConfigError(f'config.distributed.process_id={dist.process_id!r}: must be in '
+                        f'0..num_processes-1' + (f' = 0..{limit - 1}' if limit else ''))
+  address = dist.coordinator_address
+  if address is not None and (address.count(':') != 1 or not address.split(':')[1].isdigit()):
+    raise ConfigError(f'config.distributed.coordinator_address={address!r}: must be host:port')
+
+
+def _log_claims(experiment: str, claims, runtime_s: float, workdir: str) -> None:
+  failed = [c for c in claims if not c.holds]
+  for c in claims:
+    logging.info('[%s] %s: measured %.6g, expected %.6g (tol %.3g, %s)',
+                 'holds' if c.holds else 'FAILS', c.claim, c.measured, c.expected, c.tolerance,
+                 c.mode)
+  logging.info('%s done in %.1f s: %d/%d claims hold; results in %s', experiment, runtime_s,
+               len(claims) - len(failed), len(claims), workdir)
+
+
+def main_for(experiment: str, validate: Callable, run: Callable, config_flag, workdir_flag, *,
+             paper: str, reproduces: str):
+  """Builds the absl main of an app (see the module docstring)."""
 
   def main(argv):
     if len(argv) > 1:
       raise SystemExit(f'unexpected arguments: {" ".join(argv[1:])}')
     config, workdir = config_flag.value, workdir_flag.value
     try:
+      validate_distributed(config)
+    except ConfigError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(2)
+    # Before any JAX computation (validate may run some), as jax.distributed requires.
+    distributed.initialize(**config.distributed)
+    try:
       validate(config)
-      results.prepare_workdir(workdir, experiment)
+      results.check_workdir(workdir, experiment)
     except (ConfigError, results.WorkdirError) as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
+    writer = distributed.is_writer()
+    if writer:
+      results.mark_workdir(workdir, experiment)
     quiet_orbax()
-    distributed.maybe_initialize_multihost(config.distributed.multihost)
     start = time.time()
     out = run(config, workdir)
-    failed = [c for c in out['claims'] if not c['holds']]
-    for c in out['claims']:
-      logging.info('[%s] %s: measured %.6g, expected %.6g (tol %.3g, %s)',
-                   'holds' if c['holds'] else 'FAILS', c['claim'], c['measured'], c['expected'],
-                   c['tolerance'], c['mode'])
-    logging.info('%s done in %.1f s: %d/%d claims hold; results in %s', experiment,
-                 time.time() - start, len(out['claims']) - len(failed), len(out['claims']),
-                 workdir)
+    runtime_s = time.time() - start
+    if writer:
+      results.write_run(workdir, experiment=experiment, paper=paper, reproduces=reproduces,
+                        config=config.to_dict(), run=out, runtime_s=runtime_s)
+    else:
+      results.close_figures(out.figures)
+    _log_claims(experiment, out.claims, runtime_s, workdir)
 
   return main
 
 
+def run_app(experiment: str, validate: Callable, run: Callable, *, paper: str,
+            reproduces: str) -> None:
+  """Defines --config (default: the quick preset) and --workdir, then runs the app's main.
+
+  Flags are defined here, when the app runs as __main__, not at import: tests and notebooks
+  import several apps into one process.
+  """
+  group, name = experiment.split('/')
+  config_flag = config_flags.DEFINE_config_file(
+      'config', f'experiments/{group}/configs/{name}.py:quick', lock_config=True)
+  workdir_flag = flags.DEFINE_string('workdir', None, 'output directory', required=True)
+  main = main_for(experiment, validate, run, config_flag, workdir_flag, paper=paper,
+                  reproduces=reproduces)
+  from absl import app
+  app.run(main, flags_parser=_parse_flags)
+
+
 def _parse_flags(argv):
   """absl flag parsing, with config-file and override errors reduced to one line, exit 2."""
-  from absl import flags
   try:
     return flags.FLAGS(argv)
   except (KeyError, AttributeError) as e:
@@ -147,12 +215,6 @@ def _parse_flags(argv):
   sys.exit(2)
 
 
-def run_app(main) -> None:
-  """absl's app.run with one-line errors for bad flags and config overrides."""
-  from absl import app
-  app.run(main, flags_parser=_parse_flags)
-
-
 def timer():
   start = time.time()
   return lambda: time.time() - start
@@ -163,7 +225,14 @@ def base_config() -> config_dict.ConfigDict:
   config = config_dict.ConfigDict()
   config.preset = 'quick'
   config.seed = 0
-  config.distributed = config_dict.ConfigDict({'multihost': False})
+  # Multi-process runs (TPU pods, several GPU hosts): see distributed.initialize. Unset fields
+  # are auto-detected by jax.distributed when multihost is True.
+  config.distributed = config_dict.ConfigDict({
+      'multihost': False,                                   # join a multi-process run
+      'coordinator_address': config_dict.placeholder(str),  # 'host:port' of process 0
+      'num_processes': config_dict.placeholder(int),        # processes in the run
+      'process_id': config_dict.placeholder(int),           # this process, 0..num_processes-1
+  })
   return config
 
 

@@ -1,6 +1,7 @@
 """Data parallelism: a 1-D mesh over every device, batches sharded on it, params replicated.
 
-Only apps call `maybe_initialize_multihost`; the library just reads `jax.devices()`.
+Only apps call `initialize`; the library just reads `jax.devices()`. With several processes the
+mesh spans every process's devices, and only `is_writer()` (process 0) writes files.
 """
 
 from typing import Optional
@@ -12,10 +13,26 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 DATA_AXIS = 'data'
 
 
-def maybe_initialize_multihost(multihost: bool) -> None:
-  """Calls `jax.distributed.initialize()` (TPU pods, multi-node GPU) when asked."""
-  if multihost:
-    jax.distributed.initialize()
+def initialize(multihost: bool = False, coordinator_address: Optional[str] = None,
+               num_processes: Optional[int] = None, process_id: Optional[int] = None) -> None:
+  """Joins a multi-process run (TPU pod, several GPU hosts, or processes on one machine).
+
+  Calls `jax.distributed.initialize` when multihost is set or any of the three fields is given;
+  unset fields are left to JAX's auto-detection (Cloud TPU, SLURM, Open MPI). Must run before
+  any JAX computation. Processes on one CPU machine also need, in each process's environment,
+  JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo (and JAX_NUM_CPU_DEVICES for several devices each).
+
+  Args:
+    multihost: join even when no field is given (auto-detection).
+    coordinator_address: 'host:port' of process 0.
+    num_processes: number of processes in the run.
+    process_id: this process's index, 0 .. num_processes - 1.
+  """
+  fields = {'coordinator_address': coordinator_address, 'num_processes': num_processes,
+            'process_id': process_id}
+  fields = {k: v for k, v in fields.items() if v is not None}
+  if multihost or fields:
+    jax.distributed.initialize(**fields)
   logging.info('process %d/%d, %d local / %d global devices: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)

@@ -6,18 +6,74 @@ A statistic is written for one prompt, vmapped over the keys of a chunk, and the
 devices. With a mesh, each chunk's keys are sharded over its 'data' axis (parameters replicated).
 `mc_max` takes a max over the very prompts `mc_stats` averages over for the same arguments.
 
+Long passes report progress: inside `with progress('stage 2/5: floor, N=400'):` each chunk's end
+is seen on the host (a `jax.debug.callback`), and a line with the chunk count, prompts/s and ETA
+is logged at most every `seconds`. Outside such a context nothing is logged.
+
 Exact population losses, where a closed form exists, live in `icl_jax.theory`.
 """
 
+import contextlib
 import functools
-from typing import Any, Callable, Optional
+import time
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from icl_jax import distributed
 
 PyTree = Any
+
+
+class _Progress:
+  """Host-side state of the active `progress` context (one per process; logging only)."""
+  label: Optional[str] = None
+  seconds: float = 5.0
+  start: float = 0.0
+  last_log: float = 0.0
+  last_chunk: int = -1
+
+
+@contextlib.contextmanager
+def progress(label: str, seconds: float = 5.0) -> Iterator[None]:
+  """Logs the progress of the Monte-Carlo passes run inside the block, under `label`."""
+  _Progress.label, _Progress.seconds, _Progress.last_chunk = label, seconds, -1
+  _Progress.start = _Progress.last_log = time.time()
+  try:
+    yield
+  finally:
+    _Progress.label = None
+
+
+def _tick(c, num_chunks: int, chunk: int) -> None:
+  """Called on the host when chunk c has been computed; logs at most every `seconds`."""
+  c, now = int(c), time.time()
+  if _Progress.label is None:
+    return
+  if c == 0:   # a new pass: rate and ETA count from here, after compilation
+    _Progress.start, _Progress.last_chunk = now, 0
+    return
+  if c <= _Progress.last_chunk:
+    return     # another device reporting the same chunk
+  _Progress.last_chunk = c
+  done = c + 1 == num_chunks
+  if now - _Progress.last_log < _Progress.seconds and not (
+      done and now - _Progress.start >= _Progress.seconds):
+    return
+  _Progress.last_log = now
+  rate = c * chunk / max(now - _Progress.start, 1e-9)
+  eta = (num_chunks - 1 - c) * chunk / max(rate, 1e-9)
+  logging.info('%s: chunk %d/%d, %.3g prompts/s, ETA %d:%02d', _Progress.label, c + 1,
+               num_chunks, rate, int(eta) // 60, int(eta) % 60)
+
+
+def _report(c, num_chunks: int, chunk: int, after: PyTree) -> None:
+  """Reports chunk c to the host once `after` (the chunk's result) has been computed."""
+  leaf = jax.tree.leaves(after)[0]
+  token = jnp.zeros((), jnp.int32) * jnp.sum(leaf).astype(jnp.int32)
+  jax.debug.callback(functools.partial(_tick, num_chunks=num_chunks, chunk=chunk), c + token)
 
 
 def _chunk_keys(key, c, chunk, mesh):
@@ -62,6 +118,7 @@ def mc_stats(stat_fn: Callable[..., PyTree], sample: Callable[[jax.Array], Any],
     vals = _chunk_values(stat_fn, sample, key, args, c, chunk, mesh)
     mean = jax.tree.map(lambda v: jnp.mean(v, axis=0), vals)
     var = jax.tree.map(lambda v: jnp.var(v, axis=0), vals)
+    _report(c, num_samples // chunk, chunk, mean)
     return None, (mean, var)
 
   _, (means, vars_) = jax.lax.scan(one_chunk, None, jnp.arange(num_samples // chunk))
@@ -101,7 +158,9 @@ def mc_max(stat_fn: Callable[..., PyTree], sample: Callable[[jax.Array], Any], k
 
   def one_chunk(_, c):
     vals = _chunk_values(stat_fn, sample, key, args, c, chunk, mesh)
-    return None, jax.tree.map(lambda v: jnp.max(v, axis=0), vals)
+    maxes = jax.tree.map(lambda v: jnp.max(v, axis=0), vals)
+    _report(c, num_samples // chunk, chunk, maxes)
+    return None, maxes
 
   _, maxes = jax.lax.scan(one_chunk, None, jnp.arange(num_samples // chunk))
   return jax.tree.map(lambda v: jnp.max(v, axis=0), maxes)

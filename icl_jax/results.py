@@ -12,7 +12,7 @@ import math
 import os
 import platform
 import tempfile
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -62,6 +62,51 @@ class Claim:
             'tolerance': self.tolerance, 'mode': self.mode, 'holds': self.holds}
 
 
+def stderr_claim(text: str, measured: float, stderr: float, expected: float, k: float,
+                 expected_stderr: float = 0.0) -> Claim:
+  """A Monte-Carlo estimate equals a closed form within k combined standard errors.
+
+  The tolerance is k sqrt(stderr^2 + expected_stderr^2): k is fixed in the config before the run,
+  the standard errors come from this run's samples (expected_stderr is nonzero when the expected
+  value is itself an estimate, e.g. a plug-in of Monte-Carlo moments).
+  """
+  tol = k * math.hypot(float(stderr), float(expected_stderr))
+  return Claim(f'{text} (tolerance {k:g} x stderr = {tol:.3g})', measured, expected, tol)
+
+
+class Evidence(NamedTuple):
+  """What an app's claims are checked on: `check(config, evidence) -> (claims, metrics)`.
+
+  measured: numbers this run measured (learned weights, Monte-Carlo means and standard errors).
+  theory: closed forms and optima, computed without looking at the measurement.
+  Both map names to numbers or numeric arrays. Keeping them apart, and the claim builder a pure
+  function of them, lets a test feed it a measurement or a closed form that is wrong by 10% and
+  see the claims that should notice fail (tests/mutation_test.py); `evidence.npz` keeps them so a
+  finished run can be re-checked.
+  """
+  measured: Mapping[str, Any]
+  theory: Mapping[str, Any]
+
+
+class Run(NamedTuple):
+  """What an experiment's `run` returns; the app entry point times it and writes it."""
+  metrics: Mapping[str, float]
+  claims: Sequence[Claim]
+  arrays: Mapping[str, Any] = {}
+  figures: Mapping[str, Any] = {}   # {file name: matplotlib figure}
+  evidence: Optional[Evidence] = None
+
+
+def load_evidence(workdir: str) -> Evidence:
+  """The Evidence a finished run saved in workdir/evidence.npz."""
+  with np.load(os.path.join(workdir, 'evidence.npz')) as npz:
+    parts = {'measured': {}, 'theory': {}}
+    for name in npz.files:
+      part, key = name.split('/', 1)
+      parts[part][key] = npz[name]
+  return Evidence(**parts)
+
+
 def _atomic_write_bytes(path: str, data: bytes) -> None:
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
@@ -94,25 +139,42 @@ def _jsonable(x: Any) -> Any:
   return x
 
 
-def prepare_workdir(workdir: str, experiment: str) -> None:
-  """Creates workdir and marks it as this experiment's; refuses one that holds another.
+def check_workdir(workdir: str, experiment: str) -> None:
+  """Refuses a workdir that holds another experiment's results or checkpoints; writes nothing.
 
   Raises:
     WorkdirError: workdir holds results or checkpoints of a different experiment.
   """
-  marker = os.path.join(workdir, MARKER)
   existing = None
-  if os.path.exists(marker):
-    with open(marker) as f:
-      existing = json.load(f).get('experiment')
-  elif os.path.exists(os.path.join(workdir, 'results.json')):
-    with open(os.path.join(workdir, 'results.json')) as f:
-      existing = json.load(f).get('experiment')
+  for name in (MARKER, 'results.json'):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      with open(path) as f:
+        existing = json.load(f).get('experiment')
+      break
   if existing is not None and existing != experiment:
     raise WorkdirError(f'--workdir={workdir} holds experiment {existing!r}, not {experiment!r}; '
                        'use another workdir')
-  if existing is None:
+
+
+def mark_workdir(workdir: str, experiment: str) -> None:
+  """Marks workdir as this experiment's (after `check_workdir`; only the writer process)."""
+  marker = os.path.join(workdir, MARKER)
+  if not os.path.exists(marker):
     atomic_write_text(marker, json.dumps({'experiment': experiment}) + '\n')
+
+
+def prepare_workdir(workdir: str, experiment: str) -> None:
+  """`check_workdir`, then `mark_workdir`: for single-process callers."""
+  check_workdir(workdir, experiment)
+  mark_workdir(workdir, experiment)
+
+
+def close_figures(figures: Mapping[str, Any]) -> None:
+  """Closes figures a process will not save (every process but the writer)."""
+  import matplotlib.pyplot as plt
+  for fig in figures.values():
+    plt.close(fig)
 
 
 def save_figure(fig, path: str) -> None:
@@ -133,31 +195,40 @@ def versions() -> dict:
           'backend': jax.default_backend(), 'device_count': jax.device_count()}
 
 
+def _save_npz(path: str, arrays: Mapping[str, Any]) -> None:
+  buf = io.BytesIO()
+  np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+  _atomic_write_bytes(path, buf.getvalue())
+
+
 def write_run(workdir: str, *, experiment: str, paper: str, reproduces: str, config: Mapping,
-              metrics: Mapping[str, float], claims: Sequence[Claim],
-              arrays: Optional[Mapping[str, Any]] = None,
-              figures: Optional[Mapping[str, Any]] = None, runtime_s: float = 0.0) -> dict:
+              run: Run, runtime_s: float = 0.0) -> dict:
   """Writes arrays.npz, the figures and results.json (last, so it marks a complete run).
 
+  Only the writer process (`distributed.is_writer`) calls this.
+
   Args:
-    figures: {file name: matplotlib figure}; saved as PNGs in workdir.
+    run: metrics, claims, arrays and {file name: matplotlib figure} of the run.
 
   Returns:
     The results dictionary written to results.json.
   """
   os.makedirs(workdir, exist_ok=True)
-  if arrays:
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    _atomic_write_bytes(os.path.join(workdir, 'arrays.npz'), buf.getvalue())
+  if run.arrays:
+    _save_npz(os.path.join(workdir, 'arrays.npz'), run.arrays)
+  if run.evidence is not None:
+    _save_npz(os.path.join(workdir, 'evidence.npz'),
+              {f'{part}/{k}': v for part in ('measured', 'theory')
+               for k, v in getattr(run.evidence, part).items()})
   names = []
-  for name, fig in (figures or {}).items():
+  for name, fig in run.figures.items():
     save_figure(fig, os.path.join(workdir, name))
     names.append(name)
   results = {
       'experiment': experiment, 'paper': paper, 'reproduces': reproduces,
-      'config': _jsonable(config), 'metrics': _jsonable({k: float(v) for k, v in metrics.items()}),
-      'claims': [c.to_json() for c in claims], 'figures': names,
+      'config': _jsonable(config),
+      'metrics': _jsonable({k: float(v) for k, v in run.metrics.items()}),
+      'claims': [c.to_json() for c in run.claims], 'figures': names,
       'runtime_s': float(runtime_s), 'versions': versions(),
   }
   atomic_write_text(os.path.join(workdir, 'results.json'), json.dumps(results, indent=2) + '\n')

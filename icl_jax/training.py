@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -186,6 +187,29 @@ def fit(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransformation
       trajectory_steps=np.arange(num_points) * log_every, converged=converged(state),
       resumed_from=resumed_from)
   return state.params, history
+
+
+def hessian_max_eig(loss: Callable[[PyTree], jax.Array], params: PyTree) -> float:
+  """Largest eigenvalue of the Hessian of loss at params (params flattened into one vector).
+
+  The Hessian is formed by autodiff and diagonalised in float64 NumPy: it is small for the
+  models this is meant for (an LSA layer has 2 (d+1)^2 parameters).
+  """
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  hess = jax.jit(jax.hessian(lambda v: loss(unravel(v))))(flat)
+  return float(np.max(np.linalg.eigvalsh(np.asarray(hess, np.float64))))
+
+
+def auto_lr(loss: Callable[[PyTree], jax.Array], optimum: PyTree, lr: float = 0.0,
+            lr_fraction: float = 0.5) -> float:
+  """lr if lr > 0, else lr_fraction / lambda_max(Hessian of loss at optimum).
+
+  Gradient descent is stable near a minimum for lr < 2 / lambda_max; a fraction 0.5 keeps the
+  discrete path close to the gradient flow it stands for (eq. (9) of Zhang, Frei & Bartlett).
+  """
+  if lr > 0:
+    return lr
+  return lr_fraction / hessian_max_eig(loss, optimum)
 
 
 def gradient_flow(loss_fn: LossFn, params: PyTree, *, lr: float, **kwargs

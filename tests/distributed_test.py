@@ -37,7 +37,7 @@ def test_check_divisible():
 def test_single_process_is_writer_and_no_multihost():
   """One process: process 0 writes; multihost=False must not call jax.distributed."""
   assert distributed.is_writer()
-  distributed.maybe_initialize_multihost(False)
+  distributed.initialize()
   assert jax.process_count() == 1
 
 

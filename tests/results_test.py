@@ -52,9 +52,10 @@ def _write(workdir, **over):
   ax.plot([0, 1], [1, 0])
   kw = dict(experiment='trained_lsa/gradient_flow', paper='trained_lsa', reproduces='Thm 4',
             config={'d': 3, 'lr': np.float32(0.5), 'sizes': np.arange(3), 'x': float('nan')},
-            metrics={'error': np.float64(0.25), 'bad': float('nan')},
-            claims=[results.Claim('ok', 1.0, 1.0, 0.1), results.Claim('no', 2.0, 1.0, 0.1)],
-            arrays={'w': np.eye(3), 'curve': np.arange(5.0)}, figures={'fig1.png': fig},
+            run=results.Run(
+                metrics={'error': np.float64(0.25), 'bad': float('nan')},
+                claims=[results.Claim('ok', 1.0, 1.0, 0.1), results.Claim('no', 2.0, 1.0, 0.1)],
+                arrays={'w': np.eye(3), 'curve': np.arange(5.0)}, figures={'fig1.png': fig}),
             runtime_s=1.5)
   kw.update(over)
   return results.write_run(workdir, **kw)

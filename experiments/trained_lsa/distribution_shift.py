@@ -41,8 +41,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags, logging
-from ml_collections import config_flags
+from absl import logging
 
 from experiments import common
 from experiments.trained_lsa import lsa_common
@@ -53,9 +52,6 @@ from icl_jax.samplers import regression
 
 T = theory.trained_lsa
 EXPERIMENT = 'trained_lsa/distribution_shift'
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'experiments/trained_lsa/configs/distribution_shift.py:quick', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'output directory', required=True)
 
 
 # --- config checks -----------------------------------------------------------------------------
@@ -237,7 +233,6 @@ def _theory(cov, q_cov, w_noisy, w_large, noise_std, scales, c2_grid, *, n, m, m
 # --- the run -----------------------------------------------------------------------------------
 
 def run(config, workdir) -> dict:
-  elapsed = common.timer()
   d, n, m = config.d, config.n_context, config.eval.m_test
   noise_std = float(config.task.noise_std)
   cov = jnp.asarray(config.covariance_diag, jnp.float32)
@@ -277,7 +272,7 @@ def run(config, workdir) -> dict:
   nl_theory, nl_theory_se = float(nl_theory), float(mom_se['lin'])
   a_nl = mom['phi']['xy'] / np.asarray(cov)
   nl_best = float(mom['phi']['yy'] - mom['phi']['xy'] @ a_nl)
-  logging.info('  done at %.1f s', elapsed())
+  logging.info('  done')
 
   # Claims 1-7: one pass over test prompts.
   logging.info('test prompts: %d of length M=%d (orthogonal query: first %d points)',
@@ -290,7 +285,7 @@ def run(config, workdir) -> dict:
                                                 sample, k_prompts, args, **mc))
   orth_max = float(population.mc_max(functools.partial(_orth_abs, m_orth=m_orth), sample,
                                      k_prompts, (sqrt_cov, params_iso, params), **mc))
-  logging.info('  done at %.1f s', elapsed())
+  logging.info('  done')
 
   # OLS on Gaussian x: E x_q^T (X^T X)^-1 x_q = d / (M - d - 1), so error s^2 (1 + d/(M-d-1)).
   ols_noisy_theory = noise_std**2 * (1.0 + d / (m - d - 1)) if m > d + 1 else float('nan')
@@ -439,11 +434,9 @@ def run(config, workdir) -> dict:
           xlabel='test prompt length M', ylabel='E (y_hat - y_query)^2',
           title=f'Task shift: noisy labels s={noise_std:g}, d={d}, N={n}'),
   }
-  return results.write_run(
-      workdir, experiment=EXPERIMENT, paper=lsa_common.PAPER,
-      reproduces='Thm 5, Sec. 4.2', config=config.to_dict(), metrics=metrics, claims=claims,
-      arrays=arrays, figures=figures, runtime_s=elapsed())
+  return results.Run(metrics=metrics, claims=claims, arrays=arrays, figures=figures)
 
 
 if __name__ == '__main__':
-  common.run_app(common.main_for(EXPERIMENT, validate, run, _CONFIG, _WORKDIR))
+  common.run_app(EXPERIMENT, validate, run, paper=lsa_common.PAPER,
+                 reproduces='Thm 5, Sec. 4.2')

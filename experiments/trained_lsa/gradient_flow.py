@@ -13,8 +13,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
-from ml_collections import config_flags
 
 from experiments import common
 from experiments.trained_lsa import lsa_common
@@ -24,9 +22,6 @@ from icl_jax.samplers import regression
 
 T = theory.trained_lsa
 EXPERIMENT = 'trained_lsa/gradient_flow'
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'experiments/trained_lsa/configs/gradient_flow.py:quick', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'output directory', required=True)
 
 
 def validate(config) -> None:
@@ -55,7 +50,6 @@ def make_loss(config, cov):
 
 
 def run(config, workdir) -> dict:
-  elapsed = common.timer()
   jax.config.update('jax_enable_x64', config.train.x64)
   d, n = config.d, config.n_context
   cov = lsa_common.covariance(config)
@@ -70,7 +64,7 @@ def run(config, workdir) -> dict:
   def exact(p):
     return T.population_loss(p.w_kq, p.w_pv, cov, n)
 
-  lr = lsa_common.auto_lr(exact, star, config.train.lr, config.train.lr_fraction)
+  lr = training.auto_lr(exact, star, config.train.lr, config.train.lr_fraction)
   params, hist = training.gradient_flow(
       make_loss(config, cov), params0, lr=lr, key=k_train, max_steps=config.train.max_steps,
       log_every=config.train.log_every, ckpt_every=config.train.ckpt_every, workdir=workdir,
@@ -102,11 +96,9 @@ def run(config, workdir) -> dict:
   figures['product_error.png'] = plotting.curves(
       lr * hist.trajectory_steps, {'||w22 W11 - Gamma^-1||_F / ||Gamma^-1||_F': prod_err},
       xlabel='time t', ylabel='relative error', logy=True, title='Convergence to Gamma^-1')
-  return results.write_run(
-      workdir, experiment=EXPERIMENT, paper=lsa_common.PAPER, reproduces='Thm 4',
-      config=config.to_dict(), metrics=m, claims=claims, arrays=arrays, figures=figures,
-      runtime_s=elapsed())
+  return results.Run(metrics=m, claims=claims, arrays=arrays, figures=figures)
 
 
 if __name__ == '__main__':
-  common.run_app(common.main_for(EXPERIMENT, validate, run, _CONFIG, _WORKDIR))
+  common.run_app(EXPERIMENT, validate, run, paper=lsa_common.PAPER,
+                 reproduces='Thm 4')

@@ -32,24 +32,6 @@ def validate_train(config) -> None:
     raise common.ConfigError(f'config.train.lr={config.train.lr}: must be >= 0 (0 = automatic)')
 
 
-def flat_hessian_max_eig(loss, params) -> float:
-  """Largest eigenvalue of the Hessian of loss at params (params flattened)."""
-  flat, unravel = jax.flatten_util.ravel_pytree(params)
-  hess = jax.hessian(lambda v: loss(unravel(v)))(flat)
-  return float(np.max(np.linalg.eigvalsh(np.asarray(hess, np.float64))))
-
-
-def auto_lr(loss, optimum_params, lr: float, lr_fraction: float) -> float:
-  """lr if set, else lr_fraction / lambda_max(Hessian at the optimum): a stable GD step size.
-
-  Gradient descent is stable near the optimum for lr < 2 / lambda_max; the default fraction
-  0.5 keeps the discrete path close to the flow.
-  """
-  if lr > 0:
-    return lr
-  return lr_fraction / flat_hessian_max_eig(loss, optimum_params)
-
-
 def zero_block_mask(d: int) -> tuple[np.ndarray, np.ndarray]:
   """Masks of the entries Theorem 4 / Theorem 8 send to zero: all but W_11^KQ and w_22^PV."""
   kq = np.ones((d + 1, d + 1), bool)

@@ -16,8 +16,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
-from ml_collections import config_flags
 
 from experiments import common
 from experiments.trained_lsa import lsa_common
@@ -27,9 +25,6 @@ from icl_jax.samplers import regression
 
 T = theory.trained_lsa
 EXPERIMENT = 'trained_lsa/prediction_error'
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'experiments/trained_lsa/configs/prediction_error.py:quick', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'output directory', required=True)
 
 
 def validate(config) -> None:
@@ -72,7 +67,6 @@ def _floor(sample, limit_minus_identity):
 
 
 def run(config, workdir) -> dict:
-  elapsed = common.timer()
   d, n = config.d, config.n_context
   cov = jnp.asarray(config.covariance_diag, jnp.float32)
   lam = jnp.diag(cov)
@@ -169,11 +163,9 @@ def run(config, workdir) -> dict:
           ylabel='M -> inf error', logx=True, logy=True,
           title=f'slope {n_slope:.3f} (expected -2)'),
   }
-  return results.write_run(
-      workdir, experiment=EXPERIMENT, paper=lsa_common.PAPER,
-      reproduces='Thm 5, Cor 6', config=config.to_dict(), metrics=met, claims=claims,
-      arrays=arrays, figures=figures, runtime_s=elapsed())
+  return results.Run(metrics=met, claims=claims, arrays=arrays, figures=figures)
 
 
 if __name__ == '__main__':
-  common.run_app(common.main_for(EXPERIMENT, validate, run, _CONFIG, _WORKDIR))
+  common.run_app(EXPERIMENT, validate, run, paper=lsa_common.PAPER,
+                 reproduces='Thm 5, Cor 6')

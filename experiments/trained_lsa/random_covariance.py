@@ -20,8 +20,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
-from ml_collections import config_flags
 
 from experiments import common
 from experiments.trained_lsa import lsa_common
@@ -31,9 +29,6 @@ from icl_jax.samplers import regression
 
 T = theory.trained_lsa
 EXPERIMENT = 'trained_lsa/random_covariance'
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'experiments/trained_lsa/configs/random_covariance.py:quick', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'output directory', required=True)
 MAX_EXACT_D = 12
 
 
@@ -84,7 +79,6 @@ def _errors(prompt, prod_random, prod_fixed):
 
 
 def run(config, workdir) -> dict:
-  elapsed = common.timer()
   jax.config.update('jax_enable_x64', config.train.x64)
   dtype = jnp.float64 if config.train.x64 else jnp.float32
   d, n = config.d, config.n_context
@@ -103,7 +97,7 @@ def run(config, workdir) -> dict:
       return T.random_covariance_population_loss(p.w_kq, p.w_pv, moments, d, n)
     return make_loss(config, moments, dtype)(p, jax.random.key(1))
 
-  lr = lsa_common.auto_lr(exact, star, config.train.lr, config.train.lr_fraction)
+  lr = training.auto_lr(exact, star, config.train.lr, config.train.lr_fraction)
   params, hist = training.gradient_flow(
       make_loss(config, moments, dtype), params0, lr=lr, key=k_train,
       max_steps=config.train.max_steps, log_every=config.train.log_every,
@@ -204,11 +198,9 @@ def run(config, workdir) -> dict:
       hlines={f'eq. (23) limit {factor:.3g} (LSA)': factor}, logx=True,
       xlabel='training prompt length N', ylabel='slope of y_hat on <w, x_q>',
       title=f'Thm 8 optima, {config.covariance_law} covariances, d={d}, M={config.m_test}')
-  return results.write_run(
-      workdir, experiment=EXPERIMENT, paper=lsa_common.PAPER,
-      reproduces='Thm 8, eq. (23)', config=config.to_dict(), metrics=met, claims=claims,
-      arrays=arrays, figures=figures, runtime_s=elapsed())
+  return results.Run(metrics=met, claims=claims, arrays=arrays, figures=figures)
 
 
 if __name__ == '__main__':
-  common.run_app(common.main_for(EXPERIMENT, validate, run, _CONFIG, _WORKDIR))
+  common.run_app(EXPERIMENT, validate, run, paper=lsa_common.PAPER,
+                 reproduces='Thm 8, eq. (23)')

@@ -27,6 +27,20 @@ def gamma(cov: jax.Array, n: int) -> jax.Array:
   return (1.0 + 1.0 / n) * lam + jnp.trace(lam) / n * jnp.eye(d, dtype=lam.dtype)
 
 
+def sigma_bound(cov: jax.Array, n: int) -> jax.Array:
+  """The largest Assumption 3 scale Theorem 4 allows: sigma^2 ||Gamma||_op sqrt(d) < 2.
+
+  Returns sqrt(2 / (||Gamma||_op sqrt(d))); an initialisation scale sigma must be below it.
+  ||Gamma||_op is its largest eigenvalue, max(diag) for a diagonal Lambda; a full Lambda goes
+  through `jnp.linalg.eigvalsh` (one call).
+  """
+  cov = jnp.asarray(cov)
+  g = gamma(cov, n)
+  d = g.shape[0]
+  g_op = jnp.max(jnp.diag(g)) if cov.ndim == 1 else jnp.linalg.eigvalsh(g)[-1]
+  return jnp.sqrt(2.0 / (g_op * jnp.sqrt(d)))
+
+
 def _blocks(top_left: jax.Array, scale: jax.Array):
   d = top_left.shape[0]
   w_kq = jnp.zeros((d + 1, d + 1), top_left.dtype).at[:d, :d].set(top_left / jnp.sqrt(scale))
