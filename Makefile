@@ -20,10 +20,10 @@ reproduce: $(STAMP)
 	$(PY) -m experiments.reproduce --out=$(OUT) $(if $(ONLY),--only=$(ONLY))
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m slow tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m slow tests
 
 clean:
 	rm -rf $(VENV) results

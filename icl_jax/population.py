@@ -76,6 +76,32 @@ def _report(c, num_chunks: int, chunk: int, after: PyTree) -> None:
   jax.debug.callback(functools.partial(_tick, num_chunks=num_chunks, chunk=chunk), c + token)
 
 
+def chunk_size(num_samples: int, bytes_per_sample: int, *, budget_bytes: int = 1 << 30,
+               multiple_of: int = 1) -> int:
+  """The largest chunk that divides num_samples, is a multiple of multiple_of (e.g. the device
+  count) and keeps chunk * bytes_per_sample <= budget_bytes: memory flat whatever the prompt size.
+
+  Args:
+    num_samples: the Monte-Carlo size the chunks must tile.
+    bytes_per_sample: peak bytes one sample's statistic needs (e.g. 4 (M + 1) (d + 1) for a
+      float32 prompt of length M, times a factor for intermediates).
+    budget_bytes: the memory one chunk may use.
+    multiple_of: chunks must split evenly over this many devices.
+
+  Raises:
+    ValueError: no chunk fits (a single sample, times multiple_of, is over the budget, or
+      num_samples is not a multiple of multiple_of).
+  """
+  if num_samples % multiple_of:
+    raise ValueError(f'num_samples={num_samples} must be a multiple of {multiple_of}')
+  limit = min(num_samples, budget_bytes // max(bytes_per_sample, 1))
+  for c in range(limit - limit % multiple_of, 0, -multiple_of):
+    if num_samples % c == 0:
+      return c
+  raise ValueError(f'{multiple_of} samples of {bytes_per_sample} bytes exceed the budget of '
+                   f'{budget_bytes} bytes')
+
+
 def _chunk_keys(key, c, chunk, mesh):
   keys = jax.random.split(jax.random.fold_in(key, c), chunk)
   if mesh is not None:

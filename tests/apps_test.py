@@ -16,7 +16,8 @@ import time
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, app_cmd, app_env
+
 APPS = ('gradient_flow', 'prediction_error', 'distribution_shift', 'random_covariance')
 RESULT_KEYS = {'experiment', 'paper', 'reproduces', 'config', 'metrics', 'claims', 'figures',
                'runtime_s', 'versions'}
@@ -29,27 +30,19 @@ ARRAYS = {
 }
 
 
-def _env():
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)   # one CPU device, as a user runs it
-  env['PYTHONPATH'] = ROOT
-  return env
-
-
 def _cmd(app, workdir, *overrides, preset='smoke'):
-  return [sys.executable, '-m', f'experiments.trained_lsa.{app}',
-          f'--config=experiments/trained_lsa/configs/{app}.py:{preset}',
-          f'--workdir={workdir}', *overrides]
+  return app_cmd(f'trained_lsa/{app}', workdir, *overrides, preset=preset)
 
 
 def _run(app, workdir, *overrides, preset='smoke', timeout=600):
-  return subprocess.run(_cmd(app, workdir, *overrides, preset=preset), cwd=ROOT, env=_env(),
+  return subprocess.run(_cmd(app, workdir, *overrides, preset=preset), cwd=ROOT, env=app_env(),
                         capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize('app', APPS)
-def test_smoke_preset_writes_results_whose_claims_hold(app, tmp_path):
-  proc = _run(app, tmp_path)
+@pytest.mark.parametrize('app', [pytest.param(a, marks=pytest.mark.xdist_group(f'trained_lsa/{a}'))
+                                 for a in APPS])
+def test_smoke_preset_writes_results_whose_claims_hold(app, smoke_run):
+  proc, tmp_path = smoke_run(f'trained_lsa/{app}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / 'results.json') as f:
     res = json.load(f)
@@ -128,7 +121,7 @@ _LONG = ['--config.train.grad_tol=1e-12', '--config.train.max_steps=12000',
 
 def test_sigkill_then_rerun_gives_the_same_numbers(tmp_path):
   whole, killed = tmp_path / 'whole', tmp_path / 'killed'
-  proc = subprocess.Popen(_cmd('gradient_flow', killed, *_LONG), cwd=ROOT, env=_env(),
+  proc = subprocess.Popen(_cmd('gradient_flow', killed, *_LONG), cwd=ROOT, env=app_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt = killed / 'checkpoints'
   deadline = time.time() + 240
@@ -154,7 +147,7 @@ def test_sigkill_then_rerun_gives_the_same_numbers(tmp_path):
 def test_reproduce_runs_a_subset_and_writes_the_report(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'experiments.reproduce', '--only=trained_lsa/gradient_flow',
-       '--preset=smoke', f'--out={tmp_path}'], cwd=ROOT, env=_env(), capture_output=True,
+       '--preset=smoke', f'--out={tmp_path}'], cwd=ROOT, env=app_env(), capture_output=True,
       text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = (tmp_path / 'REPORT.md').read_text()
@@ -165,7 +158,7 @@ def test_reproduce_runs_a_subset_and_writes_the_report(tmp_path):
 
 def test_reproduce_rejects_unknown_names(tmp_path):
   proc = subprocess.run([sys.executable, '-m', 'experiments.reproduce', '--only=nope',
-                         f'--out={tmp_path}'], cwd=ROOT, env=_env(), capture_output=True,
+                         f'--out={tmp_path}'], cwd=ROOT, env=app_env(), capture_output=True,
                         text=True, timeout=120)
   assert proc.returncode == 2
   assert "unknown 'nope'" in proc.stderr

@@ -23,3 +23,46 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if 'slow' in item.keywords:
       item.add_marker(skip)
+
+
+# --- one smoke run per app and test process, shared by apps_test and mutation_test -------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def app_env() -> dict:
+  """The environment of an app run as a user runs it: one CPU device, the repo importable."""
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  env['PYTHONPATH'] = ROOT
+  return env
+
+
+def app_cmd(app: str, workdir, *overrides, preset: str = 'smoke') -> list:
+  paper, name = app.split('/')
+  return [sys.executable, '-m', f'experiments.{paper}.{name}',
+          f'--config=experiments/{paper}/configs/{name}.py:{preset}', f'--workdir={workdir}',
+          *overrides]
+
+
+@pytest.fixture(scope='session')
+def smoke_run(tmp_path_factory):
+  """smoke_run('trained_lsa/gradient_flow') -> (CompletedProcess, workdir) of its smoke preset.
+
+  Run once per test process: tests of one app share it when they carry
+  `pytest.mark.xdist_group(app)` (make test runs pytest with --dist loadgroup).
+  """
+  cache = {}
+
+  def get(app: str):
+    if app not in cache:
+      workdir = tmp_path_factory.mktemp(app.replace('/', '_'))
+      proc = subprocess.run(app_cmd(app, workdir), cwd=ROOT, env=app_env(), capture_output=True,
+                            text=True, timeout=600)
+      cache[app] = (proc, workdir)
+    return cache[app]
+
+  return get
