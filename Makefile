@@ -26,4 +26,4 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup -m slow tests
 
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) results .jax_cache

@@ -14,6 +14,7 @@ process 0 only (`distributed.is_writer`), and logs the claims.
 
 import logging as py_logging
 import math
+import os
 import sys
 import time
 from typing import Callable, Iterable
@@ -25,6 +26,20 @@ from ml_collections import config_dict, config_flags
 from icl_jax import distributed, results
 
 PRESETS = ('smoke', 'quick', 'paper')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE_DIR = os.path.join(REPO, '.jax_cache')   # git-ignored
+
+
+def enable_compilation_cache() -> None:
+  """JAX's persistent compilation cache in <repo>/.jax_cache, unless the environment names one.
+
+  XLA compilation is most of a smoke or quick run's time on a CPU; reruns (a resumed run, the
+  tests, `reproduce` after a smoke run) then load their programs instead of compiling them.
+  """
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return
+  if os.access(REPO, os.W_OK):
+    jax.config.update('jax_compilation_cache_dir', CACHE_DIR)
 
 
 class ConfigError(ValueError):
@@ -160,6 +175,7 @@ def main_for(experiment: str, validate: Callable, run: Callable, config_flag, wo
       sys.exit(2)
     # Before any JAX computation (validate may run some), as jax.distributed requires.
     distributed.initialize(**config.distributed)
+    enable_compilation_cache()
     try:
       validate(config)
       results.check_workdir(workdir, experiment)

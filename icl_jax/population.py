@@ -6,9 +6,12 @@ A statistic is written for one prompt, vmapped over the keys of a chunk, and the
 devices. With a mesh, each chunk's keys are sharded over its 'data' axis (parameters replicated).
 `mc_max` takes a max over the very prompts `mc_stats` averages over for the same arguments.
 
-Long passes report progress: inside `with progress('stage 2/5: floor, N=400'):` each chunk's end
-is seen on the host (a `jax.debug.callback`), and a line with the chunk count, prompts/s and ETA
-is logged at most every `seconds`. Outside such a context nothing is logged.
+The chunks run in up to `MAX_BLOCKS` equal blocks, one jitted call each (one compilation: the
+first chunk of a block is a traced argument), so that the host sees a pass advance without a
+callback inside the compiled program: programs with host callbacks are never stored in JAX's
+persistent compilation cache. Inside `with progress('stage 2/5: floor, N=400'):` a line with
+the chunk count, prompts/s and ETA is logged at most every `seconds`; outside, nothing is
+logged and the blocks are dispatched without waiting.
 
 Exact population losses, where a closed form exists, live in `icl_jax.theory`.
 """
@@ -27,53 +30,51 @@ from icl_jax import distributed
 PyTree = Any
 
 
+MAX_BLOCKS = 16
+
+
 class _Progress:
   """Host-side state of the active `progress` context (one per process; logging only)."""
   label: Optional[str] = None
   seconds: float = 5.0
-  start: float = 0.0
   last_log: float = 0.0
-  last_chunk: int = -1
 
 
 @contextlib.contextmanager
 def progress(label: str, seconds: float = 5.0) -> Iterator[None]:
   """Logs the progress of the Monte-Carlo passes run inside the block, under `label`."""
-  _Progress.label, _Progress.seconds, _Progress.last_chunk = label, seconds, -1
-  _Progress.start = _Progress.last_log = time.time()
+  _Progress.label, _Progress.seconds, _Progress.last_log = label, seconds, time.time()
   try:
     yield
   finally:
     _Progress.label = None
 
 
-def _tick(c, num_chunks: int, chunk: int) -> None:
-  """Called on the host when chunk c has been computed; logs at most every `seconds`."""
-  c, now = int(c), time.time()
-  if _Progress.label is None:
-    return
-  if c == 0:   # a new pass: rate and ETA count from here, after compilation
-    _Progress.start, _Progress.last_chunk = now, 0
-    return
-  if c <= _Progress.last_chunk:
-    return     # another device reporting the same chunk
-  _Progress.last_chunk = c
-  done = c + 1 == num_chunks
-  if now - _Progress.last_log < _Progress.seconds and not (
-      done and now - _Progress.start >= _Progress.seconds):
-    return
-  _Progress.last_log = now
-  rate = c * chunk / max(now - _Progress.start, 1e-9)
-  eta = (num_chunks - 1 - c) * chunk / max(rate, 1e-9)
-  logging.info('%s: chunk %d/%d, %.3g prompts/s, ETA %d:%02d', _Progress.label, c + 1,
-               num_chunks, rate, int(eta) // 60, int(eta) % 60)
+def _run_blocks(block_fn, num_chunks: int, chunk: int) -> list:
+  """Runs block_fn(first_chunk, length) over num_chunks chunks in equal blocks; logs progress.
 
-
-def _report(c, num_chunks: int, chunk: int, after: PyTree) -> None:
-  """Reports chunk c to the host once `after` (the chunk's result) has been computed."""
-  leaf = jax.tree.leaves(after)[0]
-  token = jnp.zeros((), jnp.int32) * jnp.sum(leaf).astype(jnp.int32)
-  jax.debug.callback(functools.partial(_tick, num_chunks=num_chunks, chunk=chunk), c + token)
+  Returns the blocks' outputs in order. The block length is the largest divisor of num_chunks
+  that gives at most MAX_BLOCKS blocks, so every block has the same shape (one compilation).
+  """
+  num_blocks = next(b for b in range(min(MAX_BLOCKS, num_chunks), 0, -1) if num_chunks % b == 0)
+  length = num_chunks // num_blocks
+  outs, start = [], None
+  for b in range(num_blocks):
+    outs.append(block_fn(jnp.asarray(b * length, jnp.int32), length))
+    if _Progress.label is None or b + 1 == num_blocks:
+      continue
+    jax.block_until_ready(outs[-1])
+    now = time.time()
+    if start is None:   # rates from the end of the first block on: compilation is behind us
+      start = now
+      continue
+    if now - _Progress.last_log >= _Progress.seconds:
+      _Progress.last_log = now
+      rate = b * length * chunk / (now - start)
+      eta = (num_blocks - b - 1) * length * chunk / rate
+      logging.info('%s: chunk %d/%d, %.3g prompts/s, ETA %d:%02d', _Progress.label,
+                   (b + 1) * length, num_chunks, rate, int(eta) // 60, int(eta) % 60)
+  return outs
 
 
 def chunk_size(num_samples: int, bytes_per_sample: int, *, budget_bytes: int = 1 << 30,
@@ -120,15 +121,43 @@ def _check_sizes(num_samples, chunk, mesh):
   distributed.check_divisible(chunk, 'chunk', mesh)
 
 
-@functools.partial(jax.jit, static_argnames=('stat_fn', 'sample', 'num_samples', 'chunk', 'mesh'))
+@functools.partial(jax.jit, static_argnames=('stat_fn', 'sample', 'length', 'chunk', 'mesh'))
+def _stats_block(stat_fn, sample, key, args, first, *, length, chunk, mesh):
+  """Per-chunk means and variances of chunks first .. first + length - 1: [length, ...] each."""
+
+  def one_chunk(_, c):
+    vals = _chunk_values(stat_fn, sample, key, args, c, chunk, mesh)
+    return None, (jax.tree.map(lambda v: jnp.mean(v, axis=0), vals),
+                  jax.tree.map(lambda v: jnp.var(v, axis=0), vals))
+
+  return jax.lax.scan(one_chunk, None, first + jnp.arange(length))[1]
+
+
+@functools.partial(jax.jit, static_argnames=('num_samples',))
+def _pool(means, vars_, *, num_samples):
+  """Mean and stderr from per-chunk means and variances of equal-sized chunks."""
+  mean = jax.tree.map(lambda m: jnp.mean(m, axis=0), means)
+  # Pooled variance over equal-sized chunks: within-chunk plus between-chunk parts.
+  # mu[None]: explicit broadcast over the chunk axis (jax_numpy_rank_promotion='raise').
+  var = jax.tree.map(
+      lambda v, m, mu: jnp.mean(v, axis=0) + jnp.mean(jnp.square(m - mu[None]), axis=0),
+      vars_, means, mean)
+  return mean, jax.tree.map(lambda v: jnp.sqrt(v / num_samples), var)
+
+
+def _concat(blocks):
+  return jax.tree.map(lambda *b: jnp.concatenate(b, axis=0), *blocks)
+
+
 def mc_stats(stat_fn: Callable[..., PyTree], sample: Callable[[jax.Array], Any], key: jax.Array,
              args: PyTree = (), *, num_samples: int, chunk: int,
              mesh: Optional[jax.sharding.Mesh] = None) -> tuple[PyTree, PyTree]:
   """Mean and standard error of stat_fn(sample(k), *args) over num_samples independent keys.
 
   Args:
-    stat_fn: (prompt, *args) -> pytree of arrays, for one prompt.
-    sample: key -> prompt (one prompt per key).
+    stat_fn: (prompt, *args) -> pytree of arrays, for one prompt. Hashable (a function, not a
+      fresh lambda per call, to reuse the compilation).
+    sample: key -> prompt (one prompt per key); hashable likewise.
     key: PRNG key.
     args: traced arguments of stat_fn (e.g. model parameters).
     num_samples: number of prompts; a multiple of chunk.
@@ -139,26 +168,25 @@ def mc_stats(stat_fn: Callable[..., PyTree], sample: Callable[[jax.Array], Any],
     (mean, stderr), pytrees like stat_fn's output; stderr = sample std / sqrt(num_samples).
   """
   _check_sizes(num_samples, chunk, mesh)
+  block = functools.partial(_stats_block, stat_fn, sample, key, args, chunk=chunk, mesh=mesh)
+  blocks = _run_blocks(lambda first, length: block(first, length=length), num_samples // chunk,
+                       chunk)
+  means, vars_ = (_concat([b[i] for b in blocks]) for i in (0, 1))
+  return _pool(means, vars_, num_samples=num_samples)
+
+
+@functools.partial(jax.jit, static_argnames=('stat_fn', 'sample', 'length', 'chunk', 'mesh'))
+def _max_block(stat_fn, sample, key, args, first, *, length, chunk, mesh):
+  """Elementwise max over the prompts of chunks first .. first + length - 1."""
 
   def one_chunk(_, c):
     vals = _chunk_values(stat_fn, sample, key, args, c, chunk, mesh)
-    mean = jax.tree.map(lambda v: jnp.mean(v, axis=0), vals)
-    var = jax.tree.map(lambda v: jnp.var(v, axis=0), vals)
-    _report(c, num_samples // chunk, chunk, mean)
-    return None, (mean, var)
+    return None, jax.tree.map(lambda v: jnp.max(v, axis=0), vals)
 
-  _, (means, vars_) = jax.lax.scan(one_chunk, None, jnp.arange(num_samples // chunk))
-  mean = jax.tree.map(lambda m: jnp.mean(m, axis=0), means)
-  # Pooled variance over equal-sized chunks: within-chunk plus between-chunk parts.
-  # mu[None]: explicit broadcast over the chunk axis (jax_numpy_rank_promotion='raise').
-  var = jax.tree.map(
-      lambda v, m, mu: jnp.mean(v, axis=0) + jnp.mean(jnp.square(m - mu[None]), axis=0),
-      vars_, means, mean)
-  stderr = jax.tree.map(lambda v: jnp.sqrt(v / num_samples), var)
-  return mean, stderr
+  maxes = jax.lax.scan(one_chunk, None, first + jnp.arange(length))[1]
+  return jax.tree.map(lambda v: jnp.max(v, axis=0), maxes)
 
 
-@functools.partial(jax.jit, static_argnames=('stat_fn', 'sample', 'num_samples', 'chunk', 'mesh'))
 def mc_max(stat_fn: Callable[..., PyTree], sample: Callable[[jax.Array], Any], key: jax.Array,
            args: PyTree = (), *, num_samples: int, chunk: int,
            mesh: Optional[jax.sharding.Mesh] = None) -> PyTree:
@@ -181,15 +209,10 @@ def mc_max(stat_fn: Callable[..., PyTree], sample: Callable[[jax.Array], Any], k
     A pytree like stat_fn's output: the max over prompts of each entry.
   """
   _check_sizes(num_samples, chunk, mesh)
-
-  def one_chunk(_, c):
-    vals = _chunk_values(stat_fn, sample, key, args, c, chunk, mesh)
-    maxes = jax.tree.map(lambda v: jnp.max(v, axis=0), vals)
-    _report(c, num_samples // chunk, chunk, maxes)
-    return None, maxes
-
-  _, maxes = jax.lax.scan(one_chunk, None, jnp.arange(num_samples // chunk))
-  return jax.tree.map(lambda v: jnp.max(v, axis=0), maxes)
+  block = functools.partial(_max_block, stat_fn, sample, key, args, chunk=chunk, mesh=mesh)
+  blocks = _run_blocks(lambda first, length: block(first, length=length), num_samples // chunk,
+                       chunk)
+  return jax.tree.map(lambda *b: jnp.max(jnp.stack(b), axis=0), *blocks)
 
 
 def mc_loss(loss_fn: Callable[[PyTree, Any], jax.Array], sample: Callable[[jax.Array], Any],

@@ -13,6 +13,10 @@ import jax  # noqa: E402  (after XLA_FLAGS on purpose)
 import pytest  # noqa: E402
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
+# The persistent compilation cache the apps use (experiments.common.CACHE_DIR): programs compiled
+# by one test process or app subprocess are loaded by the next.
+jax.config.update('jax_compilation_cache_dir', os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.jax_cache'))
 
 
 def pytest_collection_modifyitems(config, items):
