@@ -7,7 +7,15 @@ N-dependent floor of order 1/N^2.
   python -m experiments.trained_lsa.prediction_error \
       --config=experiments/trained_lsa/configs/prediction_error.py:quick --workdir=/tmp/pe
 
-Runtime: smoke ~10 s, quick ~40 s on 2 CPU cores; paper (d = 20, 2^20 prompts) minutes on a GPU.
+The error per M is Monte Carlo over Wishart sufficient statistics (S, w, x_q), at a cost
+independent of M; one check applies the model to directly sampled prompts at the smallest M.
+
+Measured on the shared 2-core CPU machine (wall clock under the stated `uptime` load, which
+inflates it; CPU seconds in brackets; peak RSS from /usr/bin/time -v; cold = empty compilation
+cache, warm = the programs cached in .jax_cache by an earlier run):
+  smoke: 36 s cold [15 s CPU] at load 8; 23 s warm [7 s CPU] at load 11.5; 0.63 GiB.
+  quick: 75 s cold [24 s CPU] at load 10-11; 25 s warm [13 s CPU] at load 8; 0.94 GiB.
+  paper: 5 min 25 s cold [112 s CPU] at load 10-12.6; 0.95 GiB (chunks from eval.chunk_mib).
 """
 
 from ml_collections import config_dict
@@ -23,11 +31,14 @@ def _base():
   config.m_values = (10, 20, 50, 100, 200, 500, 1000)  # test prompt lengths M
   config.n_values = (200, 400, 800, 1600, 3200)       # training lengths N for the 1/N^2 floor
   config.eval = config_dict.ConfigDict({
-      'num_prompts': 65536,    # Monte-Carlo prompts per M (and per N for the floor)
-      'chunk': 4096,           # prompts per vmapped chunk (memory bound)
+      'num_prompts': 1 << 18,  # prompts per M, drawn as sufficient statistics (S, w, x_q)
+      'num_direct': 1 << 18,   # directly sampled prompts at the smallest M (one check)
+      'num_floor': 1 << 20,    # (w, x_q) pairs per N for the M -> inf floor
+      'chunk_mib': 256.0,      # memory budget of one Monte-Carlo chunk, MiB (sizes the chunks)
   })
   config.claims = config_dict.ConfigDict({
       'k_stderr': 3.0,         # MC within k standard errors of the closed form (issue: 3)
+                               # (max |z| over 7 M: a false alarm ~2% of seeds; 5 N: ~1.3%)
       'm_slope': -1.0,         # error - its M -> inf limit ~ 1/M (Theorem 5)
       'm_slope_tol': 0.05,     # issue: -1 +- 0.05
       'n_slope': -2.0,         # floor ~ 1/N^2 (Theorem 5)
@@ -39,13 +50,15 @@ def _base():
 _PRESETS = {
     'smoke': {'d': 3, 'n_context': 10, 'covariance_diag': (0.5, 1.0, 2.0),
               'm_values': (10, 40, 160), 'n_values': (400, 800, 1600),
-              'eval.num_prompts': 16384, 'eval.chunk': 2048},
+              'eval.num_prompts': 1 << 16, 'eval.num_direct': 1 << 16,
+              'eval.num_floor': 1 << 16},
     'quick': {},
     'paper': {'d': 20, 'n_context': 100,
               'covariance_diag': tuple(0.5 + 1.5 * i / 19 for i in range(20)),
               'm_values': (20, 50, 100, 200, 500, 1000, 2000),
               'n_values': (1000, 2000, 4000, 8000, 16000),
-              'eval.num_prompts': 1 << 20, 'eval.chunk': 1 << 14},
+              'eval.num_prompts': 1 << 20, 'eval.num_direct': 1 << 19,
+              'eval.num_floor': 1 << 22},
 }
 
 
