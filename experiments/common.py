@@ -146,8 +146,11 @@ def validate_distributed(config) -> None:
       raise ConfigError(f'config.distributed.process_id={dist.process_id!r}: must be in '
                         f'0..num_processes-1' + (f' = 0..{limit - 1}' if limit else ''))
   address = dist.coordinator_address
-  if address is not None and (address.count(':') != 1 or not address.split(':')[1].isdigit()):
-    raise ConfigError(f'config.distributed.coordinator_address={address!r}: must be host:port')
+  if address is not None:
+    host, _, port = address.rpartition(':')   # rpartition: an IPv6 host '[::1]' has colons
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+      raise ConfigError(f'config.distributed.coordinator_address={address!r}: must be host:port '
+                        '(port 1..65535), e.g. 10.0.0.1:8476')
 
 
 def _log_claims(experiment: str, claims, runtime_s: float, workdir: str) -> None:
@@ -174,7 +177,12 @@ def main_for(experiment: str, validate: Callable, run: Callable, config_flag, wo
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
     # Before any JAX computation (validate may run some), as jax.distributed requires.
-    distributed.initialize(**config.distributed)
+    try:
+      distributed.initialize(**config.distributed)
+    except ValueError as e:   # e.g. no coordinator_address and nothing to auto-detect it from
+      print(f'error: config.distributed={config.distributed.to_dict()}: cannot join the '
+            f'multi-process run: {e}', file=sys.stderr)
+      sys.exit(2)
     enable_compilation_cache()
     try:
       validate(config)

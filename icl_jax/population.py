@@ -1,9 +1,11 @@
 """Monte-Carlo population expectations over prompts, chunked so memory stays flat.
 
 A statistic is written for one prompt, vmapped over the keys of a chunk, and the chunks run in
-`lax.scan`, so memory is O(chunk) whatever the number of prompts. Chunk c uses the keys
-`split(fold_in(key, c), chunk)`: a given (key, chunk) gives the same prompts on any number of
-devices. With a mesh, each chunk's keys are sharded over its 'data' axis (parameters replicated).
+`lax.scan`, so memory is O(chunk) whatever the number of prompts. Prompt i uses the key
+`fold_in(key, i)`: a given (key, num_samples) draws the same prompts whatever the chunk size, the
+number of devices or processes (chunks sized from a memory budget and the device count leave the
+numbers unchanged). With a mesh, each chunk's keys are sharded over its 'data' axis (parameters
+replicated).
 `mc_max` takes a max over the very prompts `mc_stats` averages over for the same arguments.
 
 The chunks run in up to `MAX_BLOCKS` equal blocks, one jitted call each (one compilation: the
@@ -103,8 +105,13 @@ def chunk_size(num_samples: int, bytes_per_sample: int, *, budget_bytes: int = 1
                    f'{budget_bytes} bytes')
 
 
+def sample_keys(key: jax.Array, start, count: int) -> jax.Array:
+  """The keys of prompts start .. start + count - 1: fold_in(key, i), [count]."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(count))
+
+
 def _chunk_keys(key, c, chunk, mesh):
-  keys = jax.random.split(jax.random.fold_in(key, c), chunk)
+  keys = sample_keys(key, c * chunk, chunk)
   if mesh is not None:
     keys = jax.lax.with_sharding_constraint(keys, distributed.batch_sharding(mesh))
   return keys
@@ -192,7 +199,7 @@ def mc_max(stat_fn: Callable[..., PyTree], sample: Callable[[jax.Array], Any], k
            mesh: Optional[jax.sharding.Mesh] = None) -> PyTree:
   """Elementwise max of stat_fn(sample(k), *args) over the num_samples keys of `mc_stats`.
 
-  The same (key, num_samples, chunk) draws the same prompts as `mc_stats`, so a worst case can
+  The same (key, num_samples) draws the same prompts as `mc_stats`, so a worst case can
   accompany a mean: e.g. max |y_hat| where theory says y_hat = 0, which a mean with a standard
   error would hide.
 

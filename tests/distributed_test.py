@@ -1,5 +1,7 @@
 """Tests of icl_jax.distributed on the 8 simulated CPU devices set up in conftest.py."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,3 +52,78 @@ def test_batch_sharding_constraint_inside_jit():
   y = f(jnp.arange(32.0))
   assert {s.data.shape for s in y.addressable_shards} == {(4,)}
   np.testing.assert_array_equal(y, 2 * np.arange(32.0))
+
+
+# --- the config fields of a multi-process run, and who writes (experiments/common.py) -----------
+
+def _config(**fields):
+  from experiments import common
+  config = common.base_config()
+  config.distributed.update(fields)
+  return config
+
+
+@pytest.mark.parametrize('fields', [
+    {}, {'multihost': True}, {'num_processes': 1}, {'num_processes': 4, 'process_id': 3},
+    {'process_id': 2}, {'coordinator_address': 'localhost:8476'},
+    {'coordinator_address': '10.0.0.1:1'}, {'coordinator_address': '[::1]:65535'}])
+def test_validate_distributed_accepts(fields):
+  """Unset fields (auto-detection), a process id below num_processes, 'host:port' with an IPv4,
+  name or bracketed IPv6 host: accepted (nothing is joined; validation only)."""
+  from experiments import common
+  common.validate_distributed(_config(**fields))
+
+
+@pytest.mark.parametrize('fields,match', [
+    ({'num_processes': 0}, r'config\.distributed\.num_processes=0: must be a positive integer'),
+    ({'num_processes': -2}, r'num_processes=-2'),
+    ({'num_processes': 2, 'process_id': 2}, r'config\.distributed\.process_id=2: .*0\.\.1'),
+    ({'process_id': -1}, r'config\.distributed\.process_id=-1'),
+    ({'coordinator_address': 'localhost'}, r'coordinator_address=.localhost.: must be host:port'),
+    ({'coordinator_address': ':8476'}, r'must be host:port'),
+    ({'coordinator_address': 'localhost:http'}, r'must be host:port'),
+    ({'coordinator_address': 'localhost:70000'}, r'port 1\.\.65535')])
+def test_validate_distributed_rejects(fields, match):
+  """Each bad value raises ConfigError naming the field and what is allowed, in one line."""
+  from experiments import common
+  with pytest.raises(common.ConfigError, match=match) as info:
+    common.validate_distributed(_config(**fields))
+  assert '\n' not in str(info.value)
+
+
+@pytest.mark.parametrize('writer', [True, False])
+def test_only_process_zero_writes(tmp_path, monkeypatch, writer):
+  """common.main_for runs the app on every process but only the writer (process 0) marks the
+  workdir and writes results.json, arrays.npz, evidence.npz and figures; another process writes
+  nothing, closes its figures, and still runs. Fails if is_writer is ignored."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  from experiments import common
+  from icl_jax import results
+  ran = []
+  fig = plt.figure()
+
+  def run(config, workdir):
+    ran.append(workdir)
+    return results.Run(metrics={'m': 1.0}, claims=[results.Claim('c', 1.0, 1.0, 0.1)],
+                       arrays={'a': np.ones(2)}, figures={'f.png': fig},
+                       evidence=results.Evidence({'x': 1.0}, {'y': 2.0}))
+
+  class Flag:   # stands in for the absl flags run_app defines
+    def __init__(self, value):
+      self.value = value
+
+  monkeypatch.setattr(distributed, 'is_writer', lambda: writer)
+  workdir = str(tmp_path / 'w')
+  main = common.main_for('trained_lsa/test', lambda config: None, run, Flag(_config()),
+                         Flag(workdir), paper='trained_lsa', reproduces='-')
+  main(['prog'])
+  assert ran == [workdir]
+  written = sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []
+  if writer:
+    assert written == sorted(['experiment.json', 'results.json', 'arrays.npz', 'evidence.npz',
+                              'f.png'])
+  else:
+    assert written == []
+  assert not plt.fignum_exists(fig.number)

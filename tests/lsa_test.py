@@ -124,8 +124,23 @@ def test_init_same_key_same_params():
   assert not np.array_equal(a.w_kq, c.w_kq)
 
 
-def test_product():
-  """product = w_22^PV W_11^KQ (eq. (12)); fails on a wrong block."""
-  params = _full_params(11)
-  np.testing.assert_allclose(lsa.product(params), params.w_pv[D, D] * params.w_kq[:D, :D],
-                             rtol=1e-6)
+def test_product_is_the_matrix_the_prediction_applies():
+  """With every block but W_11^KQ and w_22^PV zero, the prediction of eq. (3) (lsa.apply, the
+  bottom-right output token) is v^T P x_query with v = (1/n) sum_i y_i x_i, as eq. (12) reads
+  it with P = product(params); v^T P x_query is formed here in float64 NumPy from the prompt.
+
+  W_11^KQ is random and not symmetric, so a transposed product fails, as does one read from
+  another block (zero here) or scaled by another w^PV entry; rtol 1e-4: float32 sums of O(d n)
+  terms in eq. (3) against float64.
+  """
+  k1, k2 = jax.random.split(jax.random.key(11))
+  w_11 = jax.random.normal(k1, (D, D))
+  params = lsa.Params(w_kq=jnp.zeros((D + 1, D + 1)).at[:D, :D].set(w_11),
+                      w_pv=jnp.zeros((D + 1, D + 1)).at[D, D].set(1.7))
+  assert not np.allclose(w_11, w_11.T, atol=0.1)
+  p = _prompt(12)
+  x, y, x_query = (np.asarray(a, np.float64) for a in (p.x, p.y, p.x_query))
+  v = (y[:, None] * x).mean(0)
+  direct = lsa.apply(params, prompts.embed(p))[D, N]
+  np.testing.assert_allclose(v @ np.asarray(lsa.product(params), np.float64) @ x_query, direct,
+                             rtol=1e-4, atol=1e-6)

@@ -3,6 +3,9 @@
 Not tested: that memory stays flat in num_samples (needs a memory profiler; too slow here).
 """
 
+import logging
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,14 +38,13 @@ def _params(seed=0):
 
 def test_mc_stats_matches_numpy_on_the_same_draws():
   """mean and stderr (population sd / sqrt(num)) of mc_stats equal numpy's on the very same
-  prompts (chunk c uses split(fold_in(key, c), chunk)); rtol 1e-5 / 1e-4: float32 reductions
+  prompts (prompt i uses fold_in(key, i)); rtol 1e-5 / 1e-4: float32 reductions
   in a different order (the pooled variance goes through chunk means). Fails on a wrong pooled
   variance (e.g. dropping the between-chunk part) or a wrong key schedule."""
   key, num, chunk = jax.random.key(0), 512, 128
   (mean_q, mean_q2), (se_q, se_q2) = population.mc_stats(_query_stats, _sample, key,
                                                          num_samples=num, chunk=chunk)
-  keys = jnp.concatenate([jax.random.split(jax.random.fold_in(key, c), chunk)
-                          for c in range(num // chunk)])
+  keys = jnp.stack([jax.random.fold_in(key, i) for i in range(num)])
   q = np.asarray(jax.vmap(_sample)(keys).x_query, np.float64)
   for vals, mean, se in ((q, mean_q, se_q), (q**2, mean_q2, se_q2)):
     assert mean.shape == se.shape == (D,)
@@ -52,12 +54,16 @@ def test_mc_stats_matches_numpy_on_the_same_draws():
 
 def test_mc_stats_known_means_any_chunk():
   """E x_query = 0, E x_query^2 = diag(Lambda) within 4 se (false alarm ~6e-5 per entry) for
-  two chunk sizes (different keys, so not equal numbers, but each within its error)."""
+  two chunk sizes, which draw the same prompts (keys fold_in(key, i)) and so give the same
+  numbers to float32 reduction order (rtol 1e-5)."""
+  got = []
   for chunk in (1000, 4000):
     (m, m2), (se, se2) = population.mc_stats(_query_stats, _sample, jax.random.key(1),
                                              num_samples=40_000, chunk=chunk)
     assert np.all(np.abs(np.asarray(m)) <= 4 * np.asarray(se))
     assert np.all(np.abs(np.asarray(m2) - COV) <= 4 * np.asarray(se2))
+    got.append(np.asarray(m2))
+  np.testing.assert_allclose(got[0], got[1], rtol=1e-5)
 
 
 def test_stderr_coverage():
@@ -84,21 +90,23 @@ def test_same_key_same_estimate():
 
 
 def test_mc_max_is_the_max_over_the_mc_stats_prompts():
-  """mc_max equals a direct vmapped max over the keys split(fold_in(key, c), chunk), c < num /
-  chunk, i.e. over the prompts mc_stats draws; rtol 1e-6 (~8 float32 ulps: the max itself does
+  """mc_max equals a direct vmapped max over the keys fold_in(key, i), i < num, i.e. over the
+  prompts mc_stats draws; rtol 1e-6 (~8 float32 ulps: the max itself does
   not round, but the sampler's sqrt(Lambda) z may fuse differently jitted and eager). Its pytree
-  structure and shapes follow stat_fn's. Fails on a wrong key schedule (e.g. fold_in(key, 0)
-  for every chunk, or split(key, num)), which picks other prompts and another max."""
+  structure and shapes follow stat_fn's. Fails on a wrong key schedule (e.g. the same index in
+  every chunk, or split(fold_in(key, c), chunk) per chunk c, which changes with the chunk
+  size), which picks other prompts and another max. (split(key, num)[i] equals fold_in(key, i)
+  under jax's partitionable threefry, so it is the same schedule.)"""
   key, num, chunk = jax.random.key(7), 512, 128
   q_max, q2_max = population.mc_max(_query_stats, _sample, key, num_samples=num, chunk=chunk)
-  keys = jnp.concatenate([jax.random.split(jax.random.fold_in(key, c), chunk)
-                          for c in range(num // chunk)])
+  keys = jnp.stack([jax.random.fold_in(key, i) for i in range(num)])
   q = np.asarray(jax.vmap(_sample)(keys).x_query)
   assert q_max.shape == q2_max.shape == (D,)
   np.testing.assert_allclose(q_max, q.max(0), rtol=1e-6)
   np.testing.assert_allclose(q2_max, np.square(q).max(0), rtol=1e-6)
-  assert not np.allclose(q_max, np.asarray(jax.vmap(_sample)(
-      jax.random.split(key, num)).x_query).max(0))
+  per_chunk = jnp.concatenate([jax.random.split(jax.random.fold_in(key, c), chunk)
+                               for c in range(num // chunk)])   # a chunk-dependent schedule
+  assert not np.allclose(q_max, np.asarray(jax.vmap(_sample)(per_chunk).x_query).max(0))
 
 
 def test_bad_sizes_raise():
@@ -172,3 +180,79 @@ def test_eight_devices_give_the_same_numbers_as_one():
   eight = population.mc_value_and_grad(lsa.squared_error, _sample, params, key, mesh=mesh, **kw)
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def _largest_chunk_by_search(num, bytes_per, budget, multiple_of):
+  """The definition, by exhaustive search: the largest divisor of num that is a multiple of
+  multiple_of and fits the budget (None if there is none)."""
+  fits = [c for c in range(1, num + 1)
+          if num % c == 0 and c % multiple_of == 0 and c * bytes_per <= budget]
+  return max(fits) if fits else None
+
+
+@pytest.mark.parametrize('num,bytes_per,budget,multiple_of', [
+    (1000, 100, 25_000, 4), (1000, 100, 10**9, 8), (4096, 7, 1000, 2), (12, 1, 12, 3),
+    (999, 10, 5000, 1), (98_304, 4 * 21 * 101, 1 << 30, 8), (60, 3, 100, 6)])
+def test_chunk_size_is_the_largest_fitting_divisor(num, bytes_per, budget, multiple_of):
+  """chunk_size agrees with an exhaustive search over all chunk sizes (largest divisor of num,
+  multiple of multiple_of, chunk * bytes_per_sample <= budget): fails if it can exceed the
+  budget, break the device multiple, leave a remainder, or settle for a smaller chunk."""
+  want = _largest_chunk_by_search(num, bytes_per, budget, multiple_of)
+  assert want is not None
+  assert population.chunk_size(num, bytes_per, budget_bytes=budget,
+                               multiple_of=multiple_of) == want
+
+
+def test_chunk_size_errors():
+  """No fitting chunk, or num_samples not a multiple of the device multiple: ValueError naming
+  the numbers (an app turns it into a ConfigError)."""
+  with pytest.raises(ValueError, match='num_samples=100 must be a multiple of 8'):
+    population.chunk_size(100, 4, multiple_of=8)
+  with pytest.raises(ValueError, match='exceed the budget of 100 bytes'):
+    population.chunk_size(64, 30, budget_bytes=100, multiple_of=4)
+  assert _largest_chunk_by_search(64, 30, 100, 4) is None
+
+
+def _mc_pass(chunks, chunk=256):
+  out = population.mc_stats(_query_stats, _sample, jax.random.key(4), num_samples=chunks * chunk,
+                            chunk=chunk, mesh=distributed.data_mesh())
+  jax.block_until_ready(out)
+
+
+def test_progress_logs_chunks_only_inside_its_context(caplog):
+  """Inside progress(label, seconds=0) a Monte-Carlo pass of 6 chunks (sharded over the 8
+  devices) logs lines with the label, 'chunk i/6', prompts/s and an ETA, with i increasing and
+  each chunk at most once; the same pass outside any progress context (after it) logs nothing.
+  Fails if progress is silent, repeats a chunk, or logs outside its block."""
+  _mc_pass(6)   # compile outside the measurement
+  caplog.set_level(logging.INFO, logger='absl')
+  caplog.clear()
+  with population.progress('stage 1/1: test pass', seconds=0.0):
+    _mc_pass(6)
+  lines = [r.getMessage() for r in caplog.records if 'stage 1/1: test pass' in r.getMessage()]
+  assert lines, caplog.text
+  assert all('prompts/s' in ln and 'ETA' in ln for ln in lines), lines
+  chunks = [int(re.search(r'chunk (\d+)/6', ln).group(1)) for ln in lines]
+  assert chunks == sorted(set(chunks)) and all(1 <= i <= 6 for i in chunks), lines
+  caplog.clear()
+  _mc_pass(6)
+  assert not [r for r in caplog.records if 'chunk' in r.getMessage()], caplog.text
+
+
+def test_progress_waits_for_seconds():
+  """With seconds larger than the pass, only the last chunk may log, and only if the pass ran
+  longer than seconds: a fast pass under a 60 s cadence logs nothing (no line per chunk)."""
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  logger = logging.getLogger('absl')
+  logger.addHandler(handler)
+  old = logger.level
+  logger.setLevel(logging.INFO)
+  try:
+    with population.progress('slow cadence', seconds=60.0):
+      _mc_pass(6)
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+  assert not [r for r in records if 'slow cadence' in r.getMessage()]

@@ -135,3 +135,35 @@ def test_prepare_workdir(tmp_path):
     results.prepare_workdir(workdir, 'trained_lsa/b')
   assert snapshot() == before
   assert isinstance(results.WorkdirError('x'), ValueError)
+
+
+def test_stderr_claim_tolerance_is_k_times_combined_stderr():
+  """stderr_claim's tolerance is k * hypot(stderr, expected_stderr) (3 * hypot(0.03, 0.04) =
+  0.15 here), in 'within' mode, and the text states k and the tolerance; a measurement just
+  inside holds, just outside does not. Fails on adding the standard errors (0.21) or dropping
+  the expected value's error (0.09)."""
+  c = results.stderr_claim('MC mean = closed form', 1.14, 0.03, 1.0, 3.0, expected_stderr=0.04)
+  assert c.tolerance == pytest.approx(0.15) and c.mode == 'within' and c.holds
+  assert '3 x stderr = 0.15' in c.claim and c.claim.startswith('MC mean = closed form')
+  assert not results.stderr_claim('t', 1.16, 0.03, 1.0, 3.0, expected_stderr=0.04).holds
+  assert not results.stderr_claim('t', 0.84, 0.03, 1.0, 3.0, expected_stderr=0.04).holds
+  assert results.stderr_claim('t', 1.0, 0.02, 0.95, 4.0).tolerance == pytest.approx(0.08)
+
+
+def test_evidence_round_trip(tmp_path):
+  """write_run with an Evidence writes evidence.npz; load_evidence gives back both parts with
+  the same names, values, shapes and dtypes (a scalar stays 0-d). Fails if the parts are mixed
+  up, a name containing '/' is split wrongly, or values are cast."""
+  measured = {'w_kq': np.arange(16.0).reshape(4, 4), 'mc/mean': np.float32(0.25),
+              'steps': np.int64(300)}
+  theory = {'w_kq': np.eye(4), 'slope': 1.0 / 3.0}
+  _write(str(tmp_path), run=results.Run(
+      metrics={}, claims=[results.Claim('ok', 1.0, 1.0, 0.1)],
+      evidence=results.Evidence(measured=measured, theory=theory)))
+  got = results.load_evidence(str(tmp_path))
+  assert set(got.measured) == set(measured) and set(got.theory) == set(theory)
+  for want, have in ((measured, got.measured), (theory, got.theory)):
+    for k, v in want.items():
+      assert have[k].dtype == np.asarray(v).dtype and have[k].shape == np.shape(v), k
+      np.testing.assert_array_equal(have[k], v)
+  plt.close('all')   # _write's default figure, unused here

@@ -63,6 +63,25 @@ def test_gamma_definition():
                                th.gamma(jnp.diag(jnp.asarray(DIAG)), n), rtol=1e-12)
 
 
+@pytest.mark.parametrize('cov', [DIAG, FULL, np.linspace(0.5, 2.0, 20)],
+                         ids=['diag', 'full', 'd20'])
+def test_sigma_bound_is_theorem4_condition(cov):
+  """sigma_bound = sqrt(2 / (||Gamma||_op sqrt(d))), the largest sigma with sigma^2 ||Gamma||_op
+  sqrt(d) < 2 (Theorem 4), against NumPy: Gamma built from its definition for the full matrix
+  (a [d] Lambda as its diagonal) and ||Gamma||_op as its largest singular value, in float64.
+  rtol 1e-6 (float32 library). Fails on the Frobenius norm (sqrt(d) larger at Lambda = I),
+  a missing sqrt(d), or reading ||Lambda|| in place of ||Gamma||."""
+  n = 10
+  lam = np.diag(cov) if cov.ndim == 1 else cov
+  d = lam.shape[0]
+  g = (1 + 1 / n) * lam + np.trace(lam) / n * np.eye(d)
+  bound = np.sqrt(2 / (np.linalg.norm(g, 2) * np.sqrt(d)))
+  got = float(th.sigma_bound(jnp.asarray(cov, jnp.float32), n))
+  np.testing.assert_allclose(got, bound, rtol=1e-6)
+  assert (0.999 * got)**2 * np.linalg.norm(g, 2) * np.sqrt(d) < 2 < \
+      (1.001 * got)**2 * np.linalg.norm(g, 2) * np.sqrt(d)
+
+
 def test_population_loss_at_b_k_zero_is_lemma9_quadratic_form():
   """With b = w_21^PV = 0 and k = w_21^KQ = 0 the exact loss equals the quadratic form of
   Lemma 9 / Appendix A, (1/2)[c^2 tr(Gamma L A L A^T) - 2c tr(A L^2) + tr L], computed here
@@ -355,8 +374,14 @@ def test_random_covariance_slopes_match_mc(mc_slopes, i, query):
   """random_covariance_slopes: slope of y_hat on <w, x_query> for the eq. (22) optimum on
   Exp(1) random-covariance prompts (d = 3, N = 20, M = 3), query independent of Lambda_new
   (the paper's reading of (23)) or sharing it (eq. (20)). MC residual mean zero within 4 se
-  (4e5 prompts), se <= 1.5% of E[s y^2] = s d m1 (about 0.5-0.8%); the two slopes differ by
-  m2 / m1^2 = 2, so swapping them fails, as does a product off by more than ~3-4%."""
+  (4e5 prompts), se <= 1.5% of E[s y^2] = s d m1 (about 0.5-0.8%).
+
+  What this checks is the slope given the product: the formulas m1 mean(D) and m2 mean(D) / m1
+  (swapping them is off by m2 / m1^2 = 2; sum(D) for mean(D) by d = 3) and that the weights of
+  random_covariance_optimum apply the product the slope formula assumes (a mismatch above ~3-4%
+  fails). It cannot see an error in the product itself: the predictor and the expected slope
+  both come from random_covariance_product, so scaling it scales both alike.
+  test_random_covariance_product_matches_direct_mc checks the product against Monte Carlo."""
   slopes, mean, se = mc_slopes
   _assert_z(mean[i], se[i], 0.0)
   assert se[i] <= 0.015 * slopes[i] * D

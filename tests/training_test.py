@@ -44,12 +44,23 @@ def test_fit_converges_on_quadratic():
   np.testing.assert_array_equal(p0, 0.0)
 
 
-def test_gradient_flow_is_sgd():
-  """gradient_flow(lr) == fit with optax.sgd(lr), bit for bit."""
-  kw = dict(key=jax.random.key(1), max_steps=20, log_every=10)
-  a, _ = training.gradient_flow(_noisy_quadratic, jnp.zeros(3), lr=0.05, **kw)
-  b, _ = training.fit(_noisy_quadratic, jnp.zeros(3), optax.sgd(0.05), **kw)
-  np.testing.assert_array_equal(a, b)
+def test_gradient_flow_is_gradient_descent_with_step_lr():
+  """On L(p) = |p - t|^2 (gradient 2 (p - t)), gradient descent with step lr has the closed-form
+  iterate p_s = t + (1 - 2 lr)^s (p_0 - t). gradient_flow(lr = 0.05) must follow it: the final
+  params, the logged loss |p_s - t|^2 before each step and the trajectory at every log point.
+  Fails on another step size (e.g. lr / 2), momentum or any adaptive rescaling; rtol 1e-5 is
+  float32 rounding accumulated over 20 steps."""
+  lr, steps, log_every = 0.05, 20, 5
+  p0 = np.array([2.0, 0.0, -1.0], np.float32)
+  params, hist = training.gradient_flow(_quadratic, jnp.asarray(p0), lr=lr,
+                                        key=jax.random.key(1), max_steps=steps,
+                                        log_every=log_every)
+  s = np.arange(steps + 1)
+  closed = TARGET + (1 - 2 * lr)**s[:, None] * (p0 - TARGET)       # [steps + 1, 3], float64
+  np.testing.assert_allclose(params, closed[-1], rtol=1e-5)
+  np.testing.assert_allclose(hist.loss, np.sum(np.square(closed[:-1] - TARGET), axis=1),
+                             rtol=1e-5)
+  np.testing.assert_allclose(hist.trajectory, closed[::log_every], rtol=1e-5, atol=1e-7)
 
 
 def _nan_at_step_5(params, key):
