@@ -22,7 +22,6 @@ independent of M); one check samples whole prompts instead, and runs OLS on them
 import functools
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -130,17 +129,6 @@ def _closed_forms(product, product_n, product_fixed, *, moments, m):
   return out
 
 
-def _hessian_max_eig(loss, params, batch: int = 32) -> float:
-  """`training.hessian_max_eig` with the Hessian's columns computed as Hessian-vector products,
-  `batch` at a time: jax.hessian pushes all 2 (d+1)^2 tangents through the loss at once, which
-  held 2 GiB at d = 20; this holds ~0.3 GiB."""
-  flat, unravel = jax.flatten_util.ravel_pytree(params)
-  grad = jax.grad(lambda v: loss(unravel(v)))
-  hess = jax.jit(lambda x: jax.lax.map(lambda t: jax.jvp(grad, (x,), (t,))[1],
-                                       jnp.eye(x.size, dtype=x.dtype), batch_size=batch))(flat)
-  return float(np.max(np.linalg.eigvalsh(np.asarray(hess, np.float64))))
-
-
 def measure(config, workdir):
   jax.config.update('jax_enable_x64', config.train.x64)
   dtype = jnp.float64 if config.train.x64 else jnp.float32
@@ -155,7 +143,7 @@ def measure(config, workdir):
   theory_['limit_factor'] = T.limit_factor(moments)
   star = lsa.Params(theory_['w_kq_star'], theory_['w_pv_star'])
   exact = jax.jit(lambda p: T.random_covariance_loss_sparse(p.w_kq, p.w_pv, moments, d, n))
-  lr = config.train.lr or config.train.lr_fraction / _hessian_max_eig(exact, star)
+  lr = training.auto_lr(exact, star, config.train.lr, config.train.lr_fraction)
   logging.info('stage 1/3: gradient flow on (20) (%s loss), lr %.4g', config.train.loss, lr)
   params0 = jax.jit(lambda k: jax.tree.map(lambda x: x.astype(dtype),
                                            lsa.init(k, d, config.model.sigma)))(k_init)
