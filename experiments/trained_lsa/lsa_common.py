@@ -1,5 +1,6 @@
-"""Pieces the trained-LSA apps share: config checks for (d, N, Lambda), the lr rule, and the
-metrics, claims, arrays and figures of a gradient-flow run against a closed-form optimum."""
+"""Pieces the trained-LSA apps share: config checks for (d, N, Lambda), and the metrics, claims,
+arrays and figures of a gradient-flow run against a closed-form optimum."""
+
 
 import jax
 import jax.numpy as jnp
