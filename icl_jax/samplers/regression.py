@@ -8,12 +8,15 @@ Lambda may itself be a random diagonal matrix drawn per prompt (Sec. 4.3).
 `cov` arguments are either a [d] vector (the diagonal of Lambda) or a [d, d] matrix.
 """
 
+import functools
 from typing import Callable, Optional
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from icl_jax import linalg
 from icl_jax.prompts import LinearPromptStats, Prompt
 
 COVARIANCE_LAWS = ('exponential', 'uniform', 'chi2_1')
@@ -21,11 +24,15 @@ QUERY_KINDS = ('same', 'gaussian', 'orthogonal')
 
 
 def _times_cov_sqrt(cov: jax.Array, a_DxK: jax.Array) -> jax.Array:
-  """R a for a factor R R^T = cov: a row scaling by sqrt(cov) for a [d] cov, Cholesky if [d, d]."""
+  """R a for a factor R R^T = cov: a row scaling by sqrt(cov) for a [d] cov, Cholesky if [d, d].
+
+  The Cholesky goes through `icl_jax.linalg`, whose batches cannot deadlock jaxlib 0.10.2's
+  CPU runtime should a caller vmap over covariances.
+  """
   cov = jnp.asarray(cov)
   if cov.ndim == 1:
     return jnp.sqrt(cov)[:, None] * a_DxK
-  return jnp.linalg.cholesky(cov) @ a_DxK
+  return linalg.cholesky(cov) @ a_DxK
 
 
 def gaussian(key: jax.Array, n: int, cov: jax.Array) -> jax.Array:
@@ -78,9 +85,11 @@ def orthogonal_to_span(x_NxD: jax.Array, v_D: jax.Array) -> jax.Array:
 
   An orthonormal basis of the span by classical Gram-Schmidt with one reorthogonalisation
   ("twice is enough", Giraud, Langou & Rozloznik 2005), the projection also applied twice: as
-  accurate as QR when X has full row rank, as Gaussian covariates do almost surely, and free of
-  LAPACK custom calls (batched geqrf/orgqr, like LU and SVD, were seen to hang jitted scans on
-  XLA CPU, jaxlib 0.10.2). For n >= d the first d rows span R^d and the result is 0 to rounding.
+  accurate as QR when X has full row rank, as Gaussian covariates do almost surely. Kept over
+  `icl_jax.linalg.qr` because it measured faster: jit(vmap) over 1024-16384 prompts on 2
+  shared CPU cores, 2.1-3.5x at (n, d) = (2, 5), (4, 5), (2, 10), (5, 10); 1.3-2.2x at
+  (5, 20), (10, 20); 1.1-2x at (19, 20). It has no LAPACK call at all. For n >= d the first d
+  rows span R^d and the result is 0 to rounding.
   """
   n, d = x_NxD.shape
   rows = min(n, d)
@@ -268,3 +277,196 @@ def sample_linear_stats(key: jax.Array, *, n: int, cov: jax.Array,
   rb_DxD, x_q = rb_Dx1d[:, :d], rb_Dx1d[:, d]
   return LinearPromptStats(x_factor=rb_DxD / np.sqrt(n), w=w, x_query=x_q,
                            y_query=jnp.dot(w, x_q), n=n)
+
+
+def random_covariance_stats(key: jax.Array, *, n: int, d: int, law: str = 'exponential',
+                            scale: float = 1.0, query: str = 'same') -> LinearPromptStats:
+  """Sufficient statistics of a `random_covariance_prompt`, at a cost independent of n.
+
+  Lambda_tau = `random_diagonal`, w ~ N(0, I_d), n S ~ Wishart_d(n, Lambda_tau) by
+  `sample_linear_stats` (needs n >= d); the query as in `random_covariance_prompt`: 'same'
+  (x_query ~ N(0, Lambda_tau), eq. (20)) or 'independent' (N(0, E Lambda_tau)). Same
+  distribution as `random_covariance_prompt`, not the same numbers for a key.
+  """
+  if query not in ('same', 'independent'):
+    raise ValueError(f"query must be 'same' or 'independent', got {query!r}")
+  k_lam, k_stats, k_query = jax.random.split(key, 3)
+  lam = random_diagonal(k_lam, d, law, scale)
+  stats = sample_linear_stats(k_stats, n=n, cov=lam)
+  if query == 'same':
+    return stats
+  x_q = np.sqrt(law_moments(law, scale)[0]) * jax.random.normal(k_query, (d,), lam.dtype)
+  return stats.replace(x_query=x_q, y_query=jnp.dot(stats.w, x_q))
+
+
+# --- shift-experiment prompts (Sec. 4.2): reduced to sufficient statistics, or rescaled ----------
+
+@flax.struct.dataclass
+class ReducedPrompt:
+  """A linear-regression prompt of length n >= d reduced to d rows with the same statistics.
+
+  With X = Q R (QR, R [d, d] upper triangular) and r = Q^T y, the d-row prompt (R, r) has
+  R^T R = X^T X and R^T r = X^T y, and y^T y = r^T r + y_residual_sq, where y_residual_sq is
+  the label energy orthogonal to the columns of X. Eq. (6) reads a prompt only through
+  E E^T / n (`gram`), and least squares only through X^T X and X^T y (`prompt`), so both give
+  on the reduced prompt exactly what they give on the n points. `reduced_linear_prompt` draws
+  it at a cost independent of n.
+
+  Attributes:
+    x: [d, d] R, upper triangular.
+    y: [d] r.
+    y_residual_sq: [] ||y||^2 - ||r||^2 >= 0.
+    x_query: [d] the query covariate.
+    y_query: [] its label.
+    n: static length n of the prompt it stands for (rho = n in eq. (3)).
+  """
+  x: jax.Array
+  y: jax.Array
+  y_residual_sq: jax.Array
+  x_query: jax.Array
+  y_query: jax.Array
+  n: int = flax.struct.field(pytree_node=False)
+
+  def prompt(self) -> Prompt:
+    """The d-row prompt (R, r, x_query, y_query): `estimators.ols` on it is OLS on the n points
+    (both solve X^T X w = X^T y); eq. (6) on it is not (rho = d): use `gram`."""
+    return Prompt(x=self.x, y=self.y, x_query=self.x_query, y_query=self.y_query)
+
+  def least_squares(self) -> jax.Array:
+    """[d] the OLS fit (X^T X)^-1 X^T y of the n points: R^-1 r by back substitution.
+
+    O(d^2) and free of LAPACK calls (R is triangular, so no elimination is needed); equals the
+    solve `estimators.ols` does on `prompt()`. Needs R invertible (n >= d, X of full rank).
+    """
+    w_D = jnp.zeros_like(self.y)
+    for i in reversed(range(w_D.shape[0])):   # row i of R is 0 left of i, w is 0 from i down
+      w_D = w_D.at[i].set((self.y[i] - self.x[i] @ w_D) / self.x[i, i])
+    return w_D
+
+  def gram(self) -> jax.Array:
+    """[d+1, d+1] E E^T / n of eq. (6) for the n-point prompt, = `prompts.gram` of it."""
+    xx = (self.x.T @ self.x + jnp.outer(self.x_query, self.x_query)) / self.n
+    xy = self.x.T @ self.y / self.n
+    yy = (jnp.dot(self.y, self.y) + self.y_residual_sq) / self.n
+    top = jnp.concatenate([xx, xy[:, None]], axis=1)
+    return jnp.concatenate([top, jnp.concatenate([xy, yy[None]])[None]], axis=0)
+
+
+def reduced_linear_prompt(key: jax.Array, *, n: int, cov: jax.Array,
+                          w: Optional[jax.Array] = None, noise_std: float = 0.0,
+                          query: str = 'same',
+                          query_cov: Optional[jax.Array] = None) -> ReducedPrompt:
+  """`linear_prompt` (same arguments, query 'same' or 'gaussian') reduced to d rows, O(d^2) draws.
+
+  A Wishart draw of `sample_linear_stats` relabelled by `reduce_linear_stats`: the triple
+  (X^T X, X^T y, y^T y) and (x_query, y_query) have the joint law they have under
+  `linear_prompt` (not the same numbers for a key), at a cost independent of n.
+
+  Args:
+    key: PRNG key; one prompt per key.
+    n: prompt length M (>= d).
+    cov: [d] or [d, d] covariance Lambda of the covariates.
+    w: fixed task vector [d]; None draws w ~ N(0, I_d).
+    noise_std: label noise std s (context and query labels). A Python 0 skips the noise draws.
+    query: 'same' (x_query ~ N(0, Lambda)) or 'gaussian' (x_query ~ N(0, query_cov)).
+    query_cov: [d] or [d, d] covariance of a 'gaussian' query.
+
+  Returns:
+    ReducedPrompt with x [d, d], y [d], x_query [d], and n.
+  """
+  if query not in ('same', 'gaussian'):
+    raise ValueError(f"query must be 'same' or 'gaussian' (a reduced prompt has no points to be "
+                     f"orthogonal to), got {query!r}")
+  k_stats, k_noise, k_query = jax.random.split(key, 3)
+  stats = sample_linear_stats(k_stats, n=n, cov=cov, w=w)
+  x_q = None if query == 'same' else gaussian(k_query, 1, query_cov)[0]
+  return reduce_linear_stats(k_noise, stats, noise_std=noise_std, x_query=x_q)
+
+
+def reduce_linear_stats(key: jax.Array, stats: LinearPromptStats, *,
+                        w: Optional[jax.Array] = None, noise_std: float = 0.0,
+                        x_query: Optional[jax.Array] = None) -> ReducedPrompt:
+  """The reduced prompt of the covariates behind a `sample_linear_stats` draw, labelled by w.
+
+  X^T X = n F F^T gives R = sqrt(n) F^T (upper triangular, R^T R = X^T X). Given X, the noise
+  eps ~ N(0, s^2 I_n) splits into its part along the columns of X, Q^T eps ~ N(0, s^2 I_d), and
+  an independent rest with ||.||^2 ~ s^2 chi2(n - d); with y = X w + eps that makes
+  r = Q^T y = R w + s z (z ~ N(0, I_d)) and y_residual_sq = s^2 chi2(n - d). Several calls on
+  one draw give prompts that share their covariates (each of the law of `linear_prompt`).
+
+  Args:
+    key: PRNG key of the noise (unused when noise_std is a Python 0).
+    stats: a draw of `sample_linear_stats` (its n, covariates, query and task).
+    w: task vector [d]; None keeps stats.w.
+    noise_std: label noise std s (context and query labels).
+    x_query: [d] another query covariate; None keeps stats.x_query.
+  """
+  n, w = stats.n, stats.w if w is None else w
+  d = w.shape[0]
+  r_DxD = np.sqrt(n) * stats.x_factor.T
+  x_q = stats.x_query if x_query is None else x_query
+  y_D, y_q, resid = r_DxD @ w, jnp.dot(w, x_q), jnp.zeros((), r_DxD.dtype)
+  if not (isinstance(noise_std, (int, float)) and noise_std == 0):
+    k_z, k_resid = jax.random.split(key)
+    z = jax.random.normal(k_z, (d + 1,))
+    y_D, y_q = y_D + noise_std * z[:d], y_q + noise_std * z[d]
+    if n > d:
+      resid = noise_std**2 * chi2(k_resid, np.array([n - d]))[0]
+  return ReducedPrompt(x=r_DxD, y=y_D, y_residual_sq=resid, x_query=x_q, y_query=y_q, n=n)
+
+
+def scale_covariates(prompt, scale):
+  """A noiseless linear prompt with every covariate multiplied by c = scale (covariate shift).
+
+  Labels <w, c x> = c <w, x>: x, x_query and every label scale by c (a `ReducedPrompt`'s
+  residual label energy by c^2), so one draw serves every c. Wrong for noisy or nonlinear
+  labels, whose noise or shape does not scale with x.
+
+  Args:
+    prompt: a `Prompt` or `ReducedPrompt` with labels <w, x_i>.
+    scale: c, a scalar.
+  """
+  fields = dict(x=scale * prompt.x, y=scale * prompt.y, x_query=scale * prompt.x_query,
+                y_query=scale * prompt.y_query)
+  if isinstance(prompt, ReducedPrompt):
+    fields['y_residual_sq'] = scale**2 * prompt.y_residual_sq
+  return prompt.replace(**fields)
+
+
+def shift_prompts(key: jax.Array, *, n: int, cov: jax.Array, tasks=None,
+                  query_covs=None) -> dict:
+  """Task- and query-shift test prompts of Sec. 4.2 on one draw of n covariates, reduced.
+
+  One `sample_linear_stats` draw (X^T X, w ~ N(0, I_d), x_query ~ N(0, Lambda)) relabelled by
+  `reduce_linear_stats`: 'same' keeps it (the training law); tasks[name] = (w, noise_std) gives
+  a fixed task vector with label noise (task shift); query_covs[name] = Q draws x_query ~ N(0, Q)
+  for the random task (query shift). The prompts share X, so their errors are correlated; each
+  alone has the law of `linear_prompt` with the same arguments.
+
+  Returns:
+    {'same': ReducedPrompt, **{name: ReducedPrompt for tasks and query_covs}}.
+  """
+  k_stats, k_noise, k_query = jax.random.split(key, 3)
+  stats = sample_linear_stats(k_stats, n=n, cov=cov)
+  out = {'same': reduce_linear_stats(k_noise, stats)}
+  for i, (name, (w, noise_std)) in enumerate((tasks or {}).items()):
+    out[name] = reduce_linear_stats(jax.random.fold_in(k_noise, i), stats, w=w,
+                                    noise_std=noise_std)
+  for i, (name, q_cov) in enumerate((query_covs or {}).items()):
+    x_q = gaussian(jax.random.fold_in(k_query, i), 1, q_cov)[0]
+    out[name] = reduce_linear_stats(k_noise, stats, x_query=x_q)
+  return out
+
+
+def orthogonal_query_prompts(key: jax.Array, *, n: int, covs: jax.Array) -> Prompt:
+  """Linear prompts of n < d points with a query orthogonal to their span, one per covariance.
+
+  `linear_prompt(query='orthogonal')` vmapped over covs [k, d] (one compiled sampler for all,
+  which matters on CPU where every random call site costs compile time). Sec. 4.2 predicts
+  y_hat = 0 for such a query.
+
+  Returns:
+    Prompt with a leading [k] axis.
+  """
+  sample = functools.partial(linear_prompt, n=n, query='orthogonal')
+  return jax.vmap(sample)(jax.random.split(key, covs.shape[0]), cov=covs)

@@ -264,3 +264,126 @@ def random_covariance_population_loss(w_kq, w_pv, moments, d: int, n: int) -> ja
   probs = jnp.prod(weights[grid], axis=1).astype(w_kq.dtype)
   losses = jax.vmap(lambda lam: population_loss(w_kq, w_pv, lam, n))(lams)
   return jnp.sum(probs * losses)
+
+
+def sparse_rule(moments, d: int) -> tuple[list, list]:
+  """Points and weights of a (2d + 1)-point rule exact for E p(lambda_1..lambda_d), deg p <= 3.
+
+  For i.i.d. lambda_i with moments (m1, m2, m3) and any polynomial p of total degree <= 3:
+    E p = (1 - d) p(m1 1) + sum_i sum_j w_j p(m1 1 + (x_j - m1) e_i),
+  with (x_j, w_j) the `two_point_rule`. Why: the tensor product of two-point rules is exact
+  (each coordinate's degree is <= 3); write it as prod_i (U1 + D_i), U1 the one-point rule at m1
+  and D_i = U2 - U1 on coordinate i. Both rules are exact for degree <= 1, so D_i kills every
+  monomial of degree <= 1 in lambda_i, and a term with D_i on a set K survives only if each
+  coordinate of K has degree >= 2: with total degree <= 3, |K| <= 1. That leaves the 2d + 1
+  points above (a Smolyak-type truncation; derived for this project). The nodes are computed
+  in double precision (Python floats), whatever the JAX dtype.
+
+  Returns:
+    (points, weights): nested lists of Python floats, [2d + 1][d] and [2d + 1].
+  """
+  m1, m2, m3 = (float(m) for m in moments)
+  a = (m1 * m2 - m3) / (m2 - m1**2)
+  disc = (a**2 + 4.0 * (m2 + a * m1)) ** 0.5
+  nodes = ((-a - disc) / 2.0, (-a + disc) / 2.0)
+  w1 = (nodes[1] - m1) / (nodes[1] - nodes[0])
+  points, weights = [[m1] * d], [1.0 - d]
+  for i in range(d):
+    for node, weight in zip(nodes, (w1, 1.0 - w1)):
+      points.append([node if k == i else m1 for k in range(d)])
+      weights.append(weight)
+  return points, weights
+
+
+def random_covariance_loss_sparse(w_kq, w_pv, moments, d: int, n: int) -> jax.Array:
+  """Exact population loss (20), like `random_covariance_population_loss`, with 2d + 1 points.
+
+  `population_loss` has total degree <= 3 in the diagonal of Lambda, so `sparse_rule` is exact
+  for it at any d (the 2^d tensor rule is limited to d <= 12 or so). The weight 1 - d < 0 makes
+  the sum cancel: run large d in float64.
+  """
+  points, weights = sparse_rule(moments, d)
+  lams = jnp.asarray(points, w_kq.dtype)
+  losses = jax.vmap(lambda lam: population_loss(w_kq, w_pv, lam, n))(lams)
+  return jnp.sum(jnp.asarray(weights, w_kq.dtype) * losses)
+
+
+def random_covariance_product_slopes(diag, moments):
+  """`random_covariance_slopes` for the predictor x_query^T diag(p) S w with any diagonal p.
+
+  Returns (m1 mean(p), m2 mean(p) / m1): the slopes with x_query independent of Lambda_new and
+  with x_query ~ N(0, Lambda_new). For p = `random_covariance_product(moments, d, n)` they are
+  `random_covariance_slopes(moments, d, n)`.
+  """
+  m1, m2, _ = moments
+  pbar = jnp.mean(jnp.asarray(diag), axis=-1)
+  return m1 * pbar, m2 * pbar / m1
+
+
+def random_covariance_error(diag, moments, m: int, query: str = 'same') -> jax.Array:
+  """Normalised error E(y_hat - y)^2 / E y^2 of y_hat = x_q^T diag(p) S w on new prompts.
+
+  Noiseless random-covariance prompts of length M (Sec. 4.3): lambda_i i.i.d. with moments
+  (m1, m2, m3), w ~ N(0, I), S = (1/M) sum x_i x_i^T; the eq. (22) optimum predicts this way
+  (w_21^PV = 0). Given Lambda and Q = E x_q x_q^T, the error is
+  tr E[S P Q P S] - 2 tr(Lambda P Q) + tr Q, with the Wishart moment
+  E[S B S] = (1 + 1/M) L B L + tr(B L) L / M; averaging over the lambda_i gives, with
+  sum p^k = s_k:
+    same query (Q = Lambda, eq. (20)): s_2 [(1 + 1/M) m3 + (m3 + (d - 1) m1 m2) / M]
+      - 2 m2 s_1 + d m1;
+    independent query (Q = m1 I): m1 s_2 [(1 + 1/M) m2 + (m2 + (d - 1) m1^2) / M]
+      - 2 m1^2 s_1 + d m1;
+  both divided by E y^2 = d m1. (Derived for this project; at M = N the same-query error is
+  2 L(theta) / (d m1) and the Theorem 8 product minimises it.)
+  """
+  m1, m2, m3 = moments
+  p = jnp.asarray(diag)
+  d = p.shape[-1]
+  s1, s2 = jnp.sum(p, axis=-1), jnp.sum(jnp.square(p), axis=-1)
+  if query == 'same':
+    err = s2 * ((1.0 + 1.0 / m) * m3 + (m3 + (d - 1) * m1 * m2) / m) - 2.0 * m2 * s1
+  elif query == 'independent':
+    err = m1 * s2 * ((1.0 + 1.0 / m) * m2 + (m2 + (d - 1) * m1**2) / m) - 2.0 * m1**2 * s1
+  else:
+    raise ValueError(f"query must be 'same' or 'independent', got {query!r}")
+  return (err + d * m1) / (d * m1)
+
+
+def label_moments(cov, e_yy, e_xy, e_yyxx):
+  """(a, Sigma, best linear error) of eq. (15) from the moments of a label law D.
+
+  a = Lambda^-1 E[x y], Sigma = Cov(x y) = E[y^2 x x^T] - E[x y] E[x y]^T, and the best linear
+  error min_w E(<w, x> - y)^2 = E[y^2] - E[x y]^T a (attained at w = a). Any law of y given x
+  (noisy, nonlinear) enters Theorem 5 only through these.
+
+  Args:
+    cov: Lambda, the covariance of x.
+    e_yy: [] E[y^2].
+    e_xy: [d] E[x y].
+    e_yyxx: [d, d] E[y^2 x x^T].
+  """
+  cov = jnp.asarray(cov)
+  a = e_xy / cov if cov.ndim == 1 else jnp.linalg.solve(cov, e_xy)
+  return a, e_yyxx - jnp.outer(e_xy, e_xy), e_yy - jnp.dot(e_xy, a)
+
+
+def test_error_moments(cov, n, m, e_yy, e_xy, e_yyxx):
+  """Theorem 5, eq. (16), for any label law D, from E[y^2], E[x y] and E[y^2 x x^T].
+
+  `test_error` with (a, Sigma, best) from `label_moments`; with moments estimated from a
+  sample it is a smooth plug-in whose standard error follows by the delta method (its gradient
+  in the moments). For y = <w, x> + eps it equals `test_error_linear`.
+  """
+  return test_error(cov, n, m, *label_moments(cov, e_yy, e_xy, e_yyxx))
+
+
+def label_moment_estimates(x_BxD, y_B):
+  """Sample means of y^2, x y and y^2 x x^T over a batch of (x, y) draws, as a dict.
+
+  The inputs of `label_moments` / `test_error_moments` (keys 'yy', 'xy', 'yyxx'), by matmuls;
+  averaged over independent batches they estimate the moments of a label law.
+  """
+  b = y_B.shape[0]
+  y2_B = jnp.square(y_B)
+  return {'yy': jnp.mean(y2_B), 'xy': x_BxD.T @ y_B / b,
+          'yyxx': (x_BxD * y2_B[:, None]).T @ x_BxD / b}
