@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OUT ?= results
 ONLY ?=
 
-.PHONY: reproduce test test-slow install clean
+.PHONY: reproduce test install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,6 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
-
-test-slow: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m slow tests
 
 clean:
 	rm -rf $(VENV) results .jax_cache

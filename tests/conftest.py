@@ -19,16 +19,6 @@ jax.config.update('jax_compilation_cache_dir', os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.jax_cache'))
 
 
-def pytest_collection_modifyitems(config, items):
-  """Without a -m expression, `slow` tests are skipped: the default tier stays fast."""
-  if config.option.markexpr:
-    return
-  skip = pytest.mark.skip(reason='slow: run with -m slow')
-  for item in items:
-    if 'slow' in item.keywords:
-      item.add_marker(skip)
-
-
 # --- one smoke run per app and test process, shared by apps_test and mutation_test -------------
 
 import subprocess  # noqa: E402

@@ -19,6 +19,10 @@ from icl_jax.models import lsa
 from icl_jax.samplers import regression
 from icl_jax.theory import trained_lsa as th
 
+# Module fixtures share Monte-Carlo passes between tests: one worker runs them all
+# (make test: --dist loadgroup), so each pass runs once.
+pytestmark = pytest.mark.xdist_group('trained_lsa_theory')
+
 D = 3
 FULL = np.array([[1.0, 0.4, -0.3], [0.4, 0.8, 0.2], [-0.3, 0.2, 1.5]])
 DIAG = np.array([0.5, 1.0, 2.0])
@@ -407,17 +411,18 @@ def _sample_d5(key):
   return regression.linear_prompt(key, n=3, cov=jnp.linspace(0.3, 2.0, 5))
 
 
-@pytest.mark.slow
-def test_population_loss_matches_mc_d5_large():
-  """Slow tier: the exact-loss check at d = 5, N = 3 (N < d), diagonal Lambda, 8 random weight
-  draws at once, 4e6 prompts (relative se ~0.3%)."""
+def test_population_loss_matches_mc_d5():
+  """The exact loss (8) at d = 5, N = 3 (N < d, where the Wishart moments have no inverse to
+  lean on), diagonal Lambda, 4 random weight draws at once, 4e5 prompts: within 4 se, relative
+  se <= 2% (measured ~1%), so a closed form off by 10% is >= 5 se away. (It was a 4e6-prompt
+  test in a slow tier CI never ran; at this size it runs in every `make test`.)"""
   d, n = 5, 3
   cov = jnp.linspace(0.3, 2.0, d)
-  keys = jax.random.split(jax.random.key(7), 8)
+  keys = jax.random.split(jax.random.key(7), 4)
   weights = tuple(lsa.Params(0.4 * jax.random.normal(jax.random.fold_in(k, 0), (d + 1, d + 1)),
                              0.4 * jax.random.normal(jax.random.fold_in(k, 1), (d + 1, d + 1)))
                   for k in keys)
   stat = lambda prompt, ws: jnp.stack([lsa.squared_error(w, prompt) for w in ws])
-  mean, se = _mc(stat, _sample_d5, 103, (weights,), num=4_000_000, chunk=100_000)
+  mean, se = _mc(stat, _sample_d5, 103, (weights,), num=400_000, chunk=50_000)
   expected = [th.population_loss(w.w_kq, w.w_pv, cov, n) for w in weights]
-  _assert_z(mean, se, expected, max_rel_se=0.01)
+  _assert_z(mean, se, expected, max_rel_se=0.02)
