@@ -78,10 +78,19 @@ def serial_batch_size(cost_per_matrix: int) -> int:
 
 
 def _in_chunks(batched_fn: Callable, size: int, xs: tuple) -> object:
-  """batched_fn over the leading axis of xs, at most `size` items per call (lax.map + a tail)."""
-  b = xs[0].shape[0]
-  if b <= size:
+  """batched_fn over the leading axis of xs, at most `size` items per call on CPU.
+
+  The chunks go through a `lax.map`, the rest through one more call. Other platforms (cuSOLVER
+  on GPU) have no such deadlock and get the whole batch in one call.
+  """
+  if xs[0].shape[0] <= size:
     return batched_fn(*xs)
+  return lax.platform_dependent(*xs, cpu=lambda *xs: _cpu_chunks(batched_fn, size, xs),
+                                default=batched_fn)
+
+
+def _cpu_chunks(batched_fn: Callable, size: int, xs: tuple) -> object:
+  b = xs[0].shape[0]
   n_full = b - b % size
   head = lax.map(lambda chunk: batched_fn(*chunk),
                  tuple(x[:n_full].reshape((n_full // size, size) + x.shape[1:]) for x in xs))

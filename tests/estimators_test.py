@@ -1,5 +1,7 @@
 """Tests of icl_jax.estimators: OLS (full rank and min-norm), zero, and the LSA limit (eq. 12)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,16 +81,30 @@ def test_ols_matches_numpy_lstsq_and_pinv(n, d, spread):
 
 
 @pytest.mark.parametrize('n', [3, 8])
-def test_ols_has_no_lapack_custom_call(n):
-  """Both branches lower to plain XLA ops: no custom_call (LAPACK getrf/gesdd/syevd) in the
-  jitted, vmapped program, before or after compilation. Batched LAPACK calls inside one jitted
-  scan were seen to deadlock XLA CPU (jaxlib 0.10.2); jnp.linalg.solve would fail this."""
+def test_ols_small_systems_have_no_lapack_custom_call(n):
+  """At d = 5 both branches solve by Gauss-Jordan (min(n, d) <= _GAUSS_JORDAN_MAX_DIM, where
+  it measured faster than LAPACK): no custom_call in the jitted, vmapped program, before or
+  after compilation. Fails if small systems go to LAPACK (jnp.linalg.solve would fail this)."""
   batch = _gaussian_prompts(jax.random.key(0), 4, n, 5, 1.0)
   lowered = jax.jit(jax.vmap(estimators.ols)).lower(batch)
   assert 'custom_call' not in lowered.as_text()
   assert 'custom-call' not in lowered.compile().as_text()
   assert 'custom_call' in jax.jit(jax.vmap(
       lambda p: jnp.linalg.solve(p.x.T @ p.x, p.x.T @ p.y))).lower(batch).as_text()
+
+
+@pytest.mark.parametrize('n', [10, 60])
+def test_ols_large_systems_use_deadlock_free_lapack_batches(n):
+  """At d = 20 (m = min(n, d) = 10 or 20 > _GAUSS_JORDAN_MAX_DIM) OLS solves by LAPACK Cholesky
+  through icl_jax.linalg: vmapped over 1024 prompts, every potrf call has batch x m^3/3 below
+  jaxlib 0.10.2's 2e5-FLOP parallel threshold, so it runs inline and cannot deadlock (see
+  icl_jax/linalg.py). Fails if OLS calls jnp.linalg directly (one potrf/getrf of batch 1024)."""
+  batch = _gaussian_prompts(jax.random.key(0), 1024, n, 20, 1.0)
+  text = jax.jit(jax.vmap(estimators.ols)).lower(batch).as_text()
+  shapes = re.findall(r'custom_call @lapack_spotrf_ffi\(.*: \(tensor<(\d+)x(\d+)x\d+xf32>\)', text)
+  assert shapes and 'getrf' not in text
+  for b, m in shapes:
+    assert int(m) == min(n, 20) and int(b) * int(m)**3 // 3 < 200_000, (b, m)
 
 
 def test_zero_estimator():

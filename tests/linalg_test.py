@@ -183,42 +183,47 @@ def test_vmapped_calls_stay_below_the_parallel_threshold(name):
 
 # --- the deadlock, in a subprocess ------------------------------------------------------------
 
-BATCH, DIM, STEPS, CALLS = 2048, 20, 16, 3
+BATCH, DIM, STEPS = 2048, 20, 4
+# Calls of the jitted scan. The raw pattern hangs in its first call on an idle machine (20/20),
+# but CPU contention makes the race rarer (4 of 6 runs of 8 calls hung at load 4), so it gets
+# more tries; a deadlock-free jaxlib costs those ~4 s.
+CALLS = {'raw': 16, 'lib': 8}
 IDLE_S = 3.0      # a deadlocked process uses no CPU; a running one never pauses this long
 CAP_S = 120.0     # a process still making progress after this is a failure too
 
 
 def _worker(kind: str) -> None:
   """The deadlocking pattern: a jitted scan whose body holds two independent batched solves
-  and two independent batched eigendecompositions, called CALLS times."""
+  and two independent batched eigendecompositions, called CALLS[kind] times."""
   if kind == 'raw':
     solve = lambda a, b: jnp.linalg.solve(a, b[..., None])[..., 0]
     eigvalsh = lambda a: jnp.linalg.eigh(a)[0]
   else:
     solve = jax.vmap(linalg.solve_spd)
     eigvalsh = jax.vmap(lambda a: linalg.eigh(a)[0])
-  keys = jax.random.split(jax.random.key(0), 6)
-  # Factors drawn once (random draws would dominate the scan's time); each step forms the
-  # matrices from them by a batched matmul. The two matmuls of a pair run on the two pool
-  # threads, and each thread goes straight on to the LAPACK call that consumes its result.
-  x1, x2 = (jax.random.normal(k, (BATCH, 2 * DIM, DIM)) for k in keys[:2])
-  b1, b2 = (jax.random.normal(k, (BATCH, DIM)) for k in keys[2:4])
-  z1, z2 = (jax.random.normal(k, (BATCH // 8, 2 * DIM, DIM)) for k in keys[4:])
+  def spd(key, num):
+    x = jax.random.normal(key, (num, 2 * DIM, DIM))
+    return jnp.swapaxes(x, -1, -2) @ x + jnp.broadcast_to(jnp.eye(DIM), (num, DIM, DIM))
 
   @jax.jit
-  def run(x1, x2, b1, b2, z1, z2):
-    def step(total, t):
-      def gram(x):   # SPD, above the parallel threshold: 2048 x 8000 (getrf), 256 x 40000 (syevd)
-        return jnp.swapaxes(x, -1, -2) @ x + jnp.broadcast_to((1.0 + t) * jnp.eye(DIM),
-                                                              x.shape[:-2] + (DIM, DIM))
-      # Nothing orders these four calls, so XLA may run them at once on the pool.
-      out = [solve(gram(x1), b1), solve(gram(x2), b2), eigvalsh(gram(z1)), eigvalsh(gram(z2))]
+  def run(key):
+    def step(total, key_t):
+      ks = jax.random.split(key_t, 6)
+      # Nothing orders these four calls, so XLA may run them at once on the pool. Drawing the
+      # inputs in the step matters: XLA splits each big draw over the pool, and the thread that
+      # finishes one goes straight on to the LAPACK call that consumes it, so both threads can
+      # hold a blocking call at once. With the same matrices made from inputs drawn once
+      # outside the scan, raw jnp.linalg hung in 1 run of 8, and in 0 of 6 with a cheaper
+      # elementwise op in place of the draws, against 4 of 6 with them (under load 4).
+      out = [solve(spd(ks[0], BATCH), jax.random.normal(ks[1], (BATCH, DIM))),
+             solve(spd(ks[2], BATCH), jax.random.normal(ks[3], (BATCH, DIM))),
+             eigvalsh(spd(ks[4], BATCH // 8)), eigvalsh(spd(ks[5], BATCH // 8))]
       return total + sum(jnp.sum(o) for o in out), None
-    return jax.lax.scan(step, 0.0, jnp.linspace(0.0, 1.0, STEPS))[0]
+    return jax.lax.scan(step, 0.0, jax.random.split(key, STEPS))[0]
 
   start = time.monotonic()
-  for i in range(CALLS):
-    assert np.isfinite(run(x1, x2, b1 + i, b2, z1, z2))
+  for i in range(CALLS[kind]):
+    assert np.isfinite(run(jax.random.key(i)))
     print(f'call {i} done at {time.monotonic() - start:.2f} s', flush=True)
 
 

@@ -43,7 +43,7 @@ def _base():
   # SGD on fresh sampled prompts from the same start (stage 2), preconditioned by P = diag(H)^-1
   # at the optimum, step lr_fraction / lambda_max(P H) (lambda_max(P H) = 2 here). Its claims:
   # the mean of the last `window` iterates is within claims.sgd_k_std x the std predicted by the
-  # linearised tail-average covariance (lsa_common.tail_average_forms; it matches a simulated
+  # linearised tail-average covariance (icl_jax.sgd.tail_average_forms; it matches a simulated
   # linear SGD to 0.4%, where Polyak-Juditsky's W -> infinity limit is 2.5x off). It needs
   # (i) a burn-in (steps - window) that brings the mean path to the optimum (the deterministic
   # path is within 1e-2 of Gamma^-1 after 400 steps at d = 5, 5e-4 after 300 at d = 20) and
