@@ -10,9 +10,11 @@ from icl_jax import linalg
 from icl_jax.prompts import Prompt
 
 # Largest system OLS solves by `_spd_solve`; bigger ones go to `linalg.solve_spd` (Cholesky).
-# jit(vmap) of the [m, m] solve, 2 CPU cores shared with other jobs, 1024-16384 systems, ms:
-# m = 3: 0.07-0.8 vs 0.35-4.7; m = 5: 0.14-3.0 vs 0.39-7.4; m = 8: 0.34-10.2 vs 0.60-10.9;
-# m = 10: 0.98-18 vs 0.80-14; m = 20: 6.8-359 vs 2.4-54 (Gauss-Jordan vs Cholesky).
+# jit(vmap) of the [m, m] solve on 2 CPU cores shared with other jobs, 1024 to 16384 systems,
+# Gauss-Jordan vs Cholesky, ms, float32: m = 3: 0.07-0.8 vs 0.35-4.7; m = 5: 0.14-3.0 vs
+# 0.39-7.4; m = 8: 0.34-10.2 vs 0.60-10.9; m = 10: 0.98-18 vs 0.80-14; m = 20: 6.8-359 vs
+# 2.4-54. float64: m = 5: 0.33-5.2 vs 0.35-7.3; m = 8: 0.84-17 vs 0.60-12 (the crossover is
+# lower there, but the apps' d = 5, 10, 20 fall on the same side for both dtypes).
 _GAUSS_JORDAN_MAX_DIM = 8
 
 

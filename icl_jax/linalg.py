@@ -1,54 +1,66 @@
 """LAPACK linear algebra that cannot deadlock the XLA CPU runtime of jaxlib 0.10.x.
 
-The hazard. jaxlib 0.10.2's CPU LAPACK kernels (potrf, getrf, trsm, geqrf/orgqr, syevd,
-gesdd, ...; `jaxlib/cpu/lapack_kernels.cc`) split a batched call into chunks, `Schedule` them
-on XLA's intra-op thread pool and block in `absl::BlockingCounter::Wait` until they are done
+The hazard. jaxlib 0.10.2's CPU LAPACK kernels (potrf, getrf, trsm, geqrf/orgqr, syevd, gesdd,
+...; `jaxlib/cpu/lapack_kernels.cc`) split a batched call into chunks, `Schedule` them on XLA's
+intra-op thread pool and block in `absl::BlockingCounter::Wait` until they are done
 (`jax::ParallelBatchMap`). XLA runs independent thunks of one program concurrently on that same
-pool, so as many independent batched LAPACK calls as the pool has threads can each occupy one
-thread while waiting for chunks queued behind the others: a deadlock, every `tf_XLAEigen`
-thread parked in `ParallelBatchMap`. The pool has max(cores, host device count) threads
-(`PJRT_NPROC` overrides cores), so two calls suffice on a 2-core machine with one device, and
-the 8 forced host devices of `tests/conftest.py` hide it (an 8-thread pool). jaxlib 0.9.2 has
-no parallel path and 0.11.1+ compiles it out of open-source builds.
+pool, so as many independent batched LAPACK calls as the pool has threads can each hold a thread
+while waiting for chunks queued behind the others: a deadlock, every `tf_XLAEigen` thread parked
+in `ParallelBatchMap`. The pool has max(cores, host devices) threads (`PJRT_NPROC` replaces the
+core count; `xla/pjrt/cpu/cpu_client.cc`), so two calls suffice on this 2-core machine with
+one device, and the 8 host devices `tests/conftest.py` forces hide the hazard (8 threads).
+jaxlib 0.9.2 has no parallel path; 0.11.1+ leaves it out of open-source builds.
 
-The mechanism used here. The kernels only go parallel when batch x cost_per_matrix reaches
-kMinWorkPerTask = 2e5 FLOP (`GetLapackBatchChunkSize`; cost e.g. d^3/3 for potrf, 5 d^3 for
-syevd); below it they run inline on the calling thread and never wait on the pool. Every
-function below is written for one matrix and, when vmapped, calls LAPACK on batches of at most
-`serial_batch_size(cost)` matrices inside a `lax.map` (a `jax.custom_batching.custom_vmap`
-rule; nested vmaps fold into the same batch). Calls are then always inline, whatever the
-number of independent calls, the program's structure, the pool size or the XLA flags, and
-independent calls still run concurrently on different pool threads.
+The mechanism used here. A kernel only goes parallel when batch x cost_per_matrix reaches
+kMinWorkPerTask = 2e5 FLOP (`GetLapackBatchChunkSize`; cost d^3/3 for potrf, 5 d^3 for syevd,
+...); below that it runs inline on the calling thread and never waits on the pool. Each function
+here takes one matrix; vmapped (nested vmaps fold into one batch, through
+`jax.custom_batching.custom_vmap`), it calls LAPACK on CPU in a `lax.map` over batches of at most
+`serial_batch_size(cost)` matrices. No call can then block, whatever the number of independent
+calls, the program's structure, the pool size or the XLA flags. Other platforms get the whole
+batch in one call (`lax.platform_dependent`): cuSOLVER has no such hazard.
 
-Alternatives measured (2-core machine shared with other jobs, jitted `lax.scan` of 4 steps
-whose body holds two independent batched calls on 4096 SPD 20 x 20 systems, 10 calls per run,
-a run "hangs" when it makes no CPU progress for 3 s; pool of 2 threads unless stated):
-  * raw `jnp.linalg`: solve hung 10/10 runs, eigh 5/5, cholesky 4/5, qr 4/5, svd 5/5
-    (`jnp.linalg.solve` at 4096 x 5 x 5: 1/3; at 1024 x 5 x 5, under the threshold: 0/6).
-  * the functions below (`solve_spd`): 0/20 (`linalg_test.py` reruns the pattern).
-  * one batched call over the stacked systems: 0/10. Safe, but needs every independent
-    solve of a program to be gathered by hand, which library functions vmapped by apps cannot.
-  * chaining the calls with `lax.optimization_barrier`: 8/10 hung. The thunk executor orders
-    thunks by buffer conflicts, and the barrier adds none.
-  * `--xla_cpu_multi_thread_eigen=false`: 5/5 hung; `--xla_cpu_use_thunk_runtime=false`: 3/3
-    hung (ignored by this XLA).
-  * a bigger pool, `PJRT_NPROC=4` or 3+ host devices: 0/5 and 0/8, but only while the program
-    has fewer independent calls than threads. `PJRT_NPROC=1` (no pool parallelism at all):
-    0/10, but it must be set before jax starts and serialises every XLA op, not just LAPACK.
+Hang rates measured (2-core machine, pool of 2 threads, one device; a jitted 4-step `lax.scan`
+whose body makes two independent batched calls on 4096 random SPD 20 x 20 matrices, 10 calls of
+it per run; a run hangs when it uses no CPU for 3 s):
+  * raw `jnp.linalg`: solve hung in 10/10 runs, eigh 5/5, cholesky 4/5, qr 4/5, svd 5/5; solve
+    on 4096 5 x 5 systems 1/3, 2048 0/3, 1024 (below the threshold: inline) 0/3. With the 8
+    host devices of the tests 0/6; with 2 devices 3/4, with 3 or 4 0/4.
+  * this module: solve_spd 0/20 (also 0/5 with four independent solves), eigh, cholesky and qr
+    0/5 each. `tests/linalg_test.py`'s pattern (two solves and two eighs per step, batch 2048):
+    raw 10/10 at load 1.7, this module 0/20 runs (160 calls).
+  * one batched call over the stacked systems: 0/10. Safe, but every independent solve of a
+    program must be gathered by hand, which library functions that apps vmap cannot do.
+  * chaining the calls with `lax.optimization_barrier`: 8/10 hung. XLA orders thunks by buffer
+    conflicts, and the barrier adds none.
+  * `--xla_cpu_multi_thread_eigen=false`: 5/5 hung; `--xla_cpu_use_thunk_runtime=false`: 3/3.
+  * a bigger pool (`PJRT_NPROC=4`: 0/5; host devices >= 3): only while a program holds fewer
+    independent calls than threads. `PJRT_NPROC=1`: 0/10, but it must be set before jax starts
+    and takes away all intra-op parallelism (Gauss-Jordan solves of 16384 20 x 20 systems
+    166 vs 87 ms).
+The race is rarer on a loaded machine (the test's pattern, raw, 16 calls a run: 2/6 at load 5).
 
-Speed. See `estimators.ols` and `regression.orthogonal_to_span` for the comparisons with the
-hand-written Gauss-Jordan and Gram-Schmidt at the apps' sizes; against raw `jnp.linalg`
-(parallel over the pool, one call per program so that it completes), the serial batches are
-as fast or faster: <MEASUREMENTS>.
+Speed, jit(vmap) on 2 shared cores (load 2-5), best of 11, this module vs raw `jnp.linalg`
+(one call per program, so that it completes), batches of 1024 / 4096 / 16384, float32:
+  * solve_spd (Cholesky) vs `jnp.linalg.solve` (LU): d = 5: 0.39/1.6/7.4 vs 0.48/2.0/8.2 ms;
+    d = 10: 0.80/3.4/14 vs 1.35/5.1/21 ms; d = 20: 2.4/9.3/54 vs 3.7/15/124 ms.
+  * eigh: 0.97-1.09x the raw time, except at 16384 x 20 x 20, where the raw call can split over
+    both cores (best of 11: 265-645 ms over three runs, against 491-494 here; medians ~500 ms).
+  * qr, in the projection v - Q Q^T v: 0.74-1.8x the raw time (n x d from 2 x 5 to 19 x 20).
+  What a single big call loses is its split over the cores; independent calls still run in
+  parallel. The hand-written Gauss-Jordan (`estimators._spd_solve`) and Gram-Schmidt
+  (`regression.orthogonal_to_span`) are kept where they measured faster than this module.
 
-The rule for library code: call LAPACK only through this module, never `jnp.linalg`,
-`jax.scipy.linalg` or `lax.linalg` directly (an unbatched call on one matrix is safe, but the
-caller cannot know whether it will be vmapped). `linalg_test.py` runs the deadlocking pattern
-with raw `jnp.linalg` in a subprocess: when a jaxlib stops hanging there, this module can
-become plain aliases of `jnp.linalg`.
+The rule for library code: call LAPACK (`jnp.linalg`, `jax.scipy.linalg`, `lax.linalg`) only
+through this module. An unbatched call on one matrix is safe, but the caller does not know
+whether an app will vmap it. `tests/linalg_test.py` reruns the deadlocking pattern with raw
+`jnp.linalg` in a subprocess: once it stops hanging with a new jaxlib (XPASS there, on an idle
+machine), this module can become plain aliases of `jnp.linalg`.
 
-Limitations: reverse-mode autodiff is not supported (`custom_vmap` has no transpose rule;
-forward mode works); complex dtypes are costed like jaxlib does (x3), but untested.
+Limitations: no reverse-mode autodiff (`custom_vmap` has no transpose; `jax.jvp` works). On a
+CPU mesh of several devices the chunk loop over a sharded batch makes XLA gather it (4096 20 x 20
+solves on 8 virtual devices: 89 ms vs 17 ms raw); the apps run on one CPU device. Complex dtypes
+are costed like jaxlib does (x3) but untested.
 """
 
 import math

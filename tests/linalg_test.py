@@ -184,7 +184,7 @@ def test_vmapped_calls_stay_below_the_parallel_threshold(name):
 # --- the deadlock, in a subprocess ------------------------------------------------------------
 
 BATCH, DIM, STEPS = 2048, 20, 4
-# Calls of the jitted scan. The raw pattern hangs in its first call on an idle machine (20/20),
+# Calls of the jitted scan. The raw pattern hung in its first call at load 1-2 (18/18 runs),
 # but CPU contention makes the race rarer (4 of 6 runs of 8 calls hung at load 4), so it gets
 # more tries; a deadlock-free jaxlib costs those ~4 s.
 CALLS = {'raw': 16, 'lib': 8}
@@ -201,6 +201,7 @@ def _worker(kind: str) -> None:
   else:
     solve = jax.vmap(linalg.solve_spd)
     eigvalsh = jax.vmap(lambda a: linalg.eigh(a)[0])
+
   def spd(key, num):
     x = jax.random.normal(key, (num, 2 * DIM, DIM))
     return jnp.swapaxes(x, -1, -2) @ x + jnp.broadcast_to(jnp.eye(DIM), (num, DIM, DIM))
@@ -307,9 +308,9 @@ class DeadlockError(AssertionError):
 def test_raw_jnp_linalg_pattern_completes(pattern_runs):
   """Documents whether this jaxlib still deadlocks: XFAIL (DeadlockError) while it does; XPASS
   once a jaxlib runs the raw pattern through, the signal to try making icl_jax.linalg plain
-  jnp.linalg (rerun a few times first: the deadlock is a race, seen in 20/20 runs of
-  jaxlib 0.10.2 here). Fails outright if the subprocess errors or only runs slowly, which
-  would say nothing about the deadlock."""
+  jnp.linalg (rerun a few times on an idle machine first: the deadlock is a race, seen in
+  18/18 runs of jaxlib 0.10.2 at load 1-2 but 2/6 at load 5). Fails outright if the
+  subprocess errors or only runs slowly, which would say nothing about the deadlock."""
   outcome, log = pattern_runs['raw']
   if outcome == 'hung':
     raise DeadlockError(f'raw jnp.linalg deadlocked (jaxlib {jaxlib.__version__})')
