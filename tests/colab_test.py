@@ -41,7 +41,7 @@ def _summary(nb) -> dict:
   return json.loads(lines[0][len(_SUMMARY_PREFIX):])
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')   # once per worker, even if other modules' tests interleave
 def executed(tmp_path_factory):
   """The notebook executed once at smoke size (shared by the tests of this module)."""
   nb = nbformat.read(_NOTEBOOK, as_version=4)
