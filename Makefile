@@ -20,7 +20,7 @@ reproduce: $(STAMP)
 	$(PY) -m experiments.reproduce --out=$(OUT) $(if $(ONLY),--only=$(ONLY))
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) results .jax_cache

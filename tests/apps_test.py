@@ -39,8 +39,7 @@ def _run(app, workdir, *overrides, preset='smoke', timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize('app', [pytest.param(a, marks=pytest.mark.xdist_group(f'trained_lsa/{a}'))
-                                 for a in APPS])
+@pytest.mark.parametrize('app', APPS)
 def test_smoke_preset_writes_results_whose_claims_hold(app, smoke_run):
   proc, tmp_path = smoke_run(f'trained_lsa/{app}')
   assert proc.returncode == 0, proc.stderr[-3000:]

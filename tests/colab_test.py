@@ -26,8 +26,6 @@ _COLAB = pathlib.Path(__file__).resolve().parent.parent / 'colab'
 _NOTEBOOK = _COLAB / 'trained_lsa.ipynb'
 _SUMMARY_PREFIX = 'ICL_JAX_SUMMARY '
 _SECTION_PLOTS = 5   # loss curve and heatmaps (Thm 4), then one figure per later section
-# One worker runs the notebook once for every test here (make test: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group('colab')
 
 
 def _stream_text(nb) -> str:

@@ -19,7 +19,7 @@ jax.config.update('jax_compilation_cache_dir', os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.jax_cache'))
 
 
-# --- one smoke run per app and test process, shared by apps_test and mutation_test -------------
+# --- one smoke run per app and test process, shared by the app-level tests -------------
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -46,8 +46,10 @@ def app_cmd(app: str, workdir, *overrides, preset: str = 'smoke') -> list:
 def smoke_run(tmp_path_factory):
   """smoke_run('trained_lsa/gradient_flow') -> (CompletedProcess, workdir) of its smoke preset.
 
-  Run once per test process: tests of one app share it when they carry
-  `pytest.mark.xdist_group(app)` (make test runs pytest with --dist loadgroup).
+  Run once per test process and shared by the tests it runs (apps_test, mutation_test and
+  multiprocess_test). make test runs pytest with --dist loadfile: each file's tests on one
+  worker, so module fixtures (the notebook, the theory module's Monte Carlo) run once.
+  (--dist loadgroup with xdist_group marks did not group anything with pytest-xdist 3.8.0.)
   """
   cache = {}
 

@@ -73,7 +73,6 @@ def _distributed_flags(port: int, i: int) -> list:
           f'--config.distributed.process_id={i}']
 
 
-@pytest.mark.xdist_group(APP)
 def test_app_as_two_processes_matches_one_process(smoke_run, tmp_path):
   """The gradient_flow smoke preset as 2 processes x 2 CPU devices, into one shared workdir:
   both exit 0, process 0 alone writes (the workdir holds exactly the files of a one-process

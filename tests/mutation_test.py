@@ -3,7 +3,7 @@
 Each app splits its work into `measure` (training, Monte Carlo: slow) and a pure claim builder
 `check(config, evidence) -> (claims, metrics)`, where `evidence` is a `results.Evidence` of what
 the run measured and what theory says, saved by the app in evidence.npz. This test takes the
-evidence of the app's smoke run (shared with apps_test through conftest's `smoke_run`), checks
+evidence of the app's smoke run (conftest's `smoke_run`: once per test process), checks
 that every claim holds on it, then feeds `check` the same evidence with one entry made wrong
 (by 10% unless a case says otherwise: learned weights, a closed form, a Monte-Carlo estimate,
 each in turn) and asserts that the claims meant to catch that error fail. A last test asserts
@@ -193,8 +193,7 @@ def _matching(claims, text: str):
 
 
 @pytest.mark.parametrize('case', [
-    pytest.param(c, marks=pytest.mark.xdist_group(c.app),
-                 id=f'{c.app.split("/")[1]}-{c.part}-{c.key}-{i}') for i, c in enumerate(CASES)])
+    pytest.param(c, id=f'{c.app.split("/")[1]}-{c.part}-{c.key}-{i}') for i, c in enumerate(CASES)])
 def test_claims_notice_a_wrong_input(case, smoke_run):
   evidence = _evidence(smoke_run, case.app)
   assert all(c.holds for c in _check(case.app, evidence)), 'the unmutated smoke run must pass'
@@ -208,7 +207,7 @@ def test_claims_notice_a_wrong_input(case, smoke_run):
                            f'measured {c.measured}, expected {c.expected}, tol {c.tolerance}')
 
 
-@pytest.mark.parametrize('app', [pytest.param(a, marks=pytest.mark.xdist_group(a)) for a in APPS])
+@pytest.mark.parametrize('app', APPS)
 def test_every_claim_is_covered_by_a_case(app, smoke_run):
   claims = _check(app, _evidence(smoke_run, app))
   named = [t for c in CASES if c.app == app for t in c.fails]

@@ -19,10 +19,6 @@ from icl_jax.models import lsa
 from icl_jax.samplers import regression
 from icl_jax.theory import trained_lsa as th
 
-# Module fixtures share Monte-Carlo passes between tests: one worker runs them all
-# (make test: --dist loadgroup), so each pass runs once.
-pytestmark = pytest.mark.xdist_group('trained_lsa_theory')
-
 D = 3
 FULL = np.array([[1.0, 0.4, -0.3], [0.4, 0.8, 0.2], [-0.3, 0.2, 1.5]])
 DIAG = np.array([0.5, 1.0, 2.0])
