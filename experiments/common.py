@@ -239,11 +239,6 @@ def _parse_flags(argv):
   sys.exit(2)
 
 
-def timer():
-  start = time.time()
-  return lambda: time.time() - start
-
-
 def base_config() -> config_dict.ConfigDict:
   """Fields every experiment has."""
   config = config_dict.ConfigDict()
