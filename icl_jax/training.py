@@ -26,7 +26,7 @@ from absl import logging
 from icl_jax import distributed
 
 PyTree = Any
-LossFn = Callable[[PyTree, jax.Array], jax.Array]   # (params, key) -> scalar loss
+LossFn = Callable[..., jax.Array]   # (params, key) or (params, key, step) -> scalar loss
 
 
 class TrainState(NamedTuple):
@@ -36,6 +36,7 @@ class TrainState(NamedTuple):
   loss: jax.Array             # [max_steps] loss before each step (nan where not run)
   grad_norm: jax.Array        # [max_steps] global gradient norm at each step
   trajectory: PyTree          # params at every log point, leading axis max_steps // log_every + 1
+                              # (() when not kept)
 
 
 class History(NamedTuple):
@@ -57,11 +58,13 @@ def _global_norm(tree):
 
 
 def _make_chunk(loss_fn: LossFn, optimizer: optax.GradientTransformation, key: jax.Array,
-                log_every: int):
+                log_every: int, pass_step: bool, keep_trajectory: bool):
   """A jitted function running log_every optimiser steps in lax.scan."""
 
   def one_step(state: TrainState, _):
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, jax.random.fold_in(key, state.step))
+    args = (state.step,) if pass_step else ()
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, jax.random.fold_in(key, state.step),
+                                              *args)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     state = state._replace(
@@ -72,6 +75,8 @@ def _make_chunk(loss_fn: LossFn, optimizer: optax.GradientTransformation, key: j
 
   def chunk(state: TrainState) -> TrainState:
     state, _ = jax.lax.scan(one_step, state, None, length=log_every)
+    if not keep_trajectory:
+      return state
     point = state.step // log_every
     trajectory = jax.tree.map(lambda t, p: t.at[point].set(p), state.trajectory, state.params)
     return state._replace(trajectory=trajectory)
@@ -79,12 +84,14 @@ def _make_chunk(loss_fn: LossFn, optimizer: optax.GradientTransformation, key: j
   return jax.jit(chunk, donate_argnums=0)
 
 
-def _initial_state(params, optimizer, max_steps, log_every) -> TrainState:
+def _initial_state(params, optimizer, max_steps, log_every, keep_trajectory) -> TrainState:
   num_points = max_steps // log_every + 1
   # A copy: the jitted chunk donates the state, which must not delete the caller's arrays.
   params = jax.tree.map(jnp.array, params)
-  trajectory = jax.tree.map(
-      lambda p: jnp.zeros((num_points,) + p.shape, p.dtype).at[0].set(p), params)
+  trajectory = ()
+  if keep_trajectory:
+    trajectory = jax.tree.map(
+        lambda p: jnp.zeros((num_points,) + p.shape, p.dtype).at[0].set(p), params)
   return TrainState(params=params, opt_state=optimizer.init(params),
                     step=jnp.zeros((), jnp.int32),
                     loss=jnp.full((max_steps,), jnp.nan, jnp.float32),
@@ -92,9 +99,10 @@ def _initial_state(params, optimizer, max_steps, log_every) -> TrainState:
                     trajectory=trajectory)
 
 
-def _state_sharding() -> Optional[jax.sharding.NamedSharding]:
-  """Where the TrainState lives: replicated over every device of every process when several
-  processes run, else None (JAX's default placement).
+def _state_sharding(mesh: Optional[jax.sharding.Mesh]) -> Optional[jax.sharding.NamedSharding]:
+  """Where the TrainState lives: replicated over `mesh` when the caller shards its batches over
+  one (data parallelism), else over every device of every process when several processes run,
+  else None (JAX's default placement).
 
   With several processes (a pod), orbax saves only global arrays (it refuses a process's own
   single-device arrays). Replicated on the global mesh, each array's bytes are written once in
@@ -104,6 +112,8 @@ def _state_sharding() -> Optional[jax.sharding.NamedSharding]:
   replicating there would repeat the same steps on every local device (with conftest's 8 forced
   CPU devices, tests/training_test.py took 20 s instead of 14, load ~4).
   """
+  if mesh is not None:
+    return distributed.replicated(mesh)
   if jax.process_count() > 1:
     return distributed.replicated(distributed.data_mesh())
   return None
@@ -123,11 +133,13 @@ def _check_finite(state: TrainState, start: int, stop: int) -> None:
 def fit(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransformation, *,
         key: jax.Array, max_steps: int, log_every: int = 100, ckpt_every: int = 1000,
         workdir: Optional[str] = None, grad_tol: Optional[float] = None,
-        min_steps: int = 0, log_seconds: float = 5.0) -> tuple[PyTree, History]:
+        min_steps: int = 0, log_seconds: float = 5.0, mesh: Optional[jax.sharding.Mesh] = None,
+        keep_trajectory: bool = True, pass_step: bool = False) -> tuple[PyTree, History]:
   """Minimises loss_fn from params with optimizer; resumable, NaN-guarded, with progress logs.
 
   Args:
-    loss_fn: (params, key) -> scalar; the key is `fold_in(key, step)`, fresh each step.
+    loss_fn: (params, key) -> scalar, or (params, key, step) with pass_step (a schedule such as
+      a curriculum reads the step); the key is `fold_in(key, step)`, fresh each step.
     params: initial parameters (used only when there is no checkpoint).
     optimizer: an optax GradientTransformation.
     key: PRNG key for the per-step samples.
@@ -139,6 +151,13 @@ def fit(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransformation
       min_steps); None runs to max_steps.
     min_steps: never stop on grad_tol before this many steps.
     log_seconds: at most one progress line per this many seconds (and one at the end).
+    mesh: data parallelism: the parameters and optimiser state are replicated over this mesh,
+      and loss_fn shards its batch over the mesh's 'data' axis (`distributed.batch_sharding`),
+      so XLA all-reduces the gradients. None keeps one device's placement (several processes
+      still replicate the state over `distributed.data_mesh()`).
+    keep_trajectory: keep the params at every log point (History.trajectory); off for large
+      models, whose History.trajectory is then ().
+    pass_step: call loss_fn(params, key, step) with the step as a traced int32.
 
   Returns:
     (final params, History).
@@ -150,14 +169,14 @@ def fit(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransformation
   if max_steps <= 0 or log_every <= 0 or max_steps % log_every or ckpt_every % log_every:
     raise ValueError(f'max_steps={max_steps} and ckpt_every={ckpt_every} must be positive '
                      f'multiples of log_every={log_every}')
-  sharding = _state_sharding()
+  sharding = _state_sharding(mesh)
   if sharding is None:
-    state = _initial_state(params, optimizer, max_steps, log_every)
+    state = _initial_state(params, optimizer, max_steps, log_every, keep_trajectory)
   else:
     # Built in place by jit, not device_put: device_put checks that every process holds the same
     # value, and the not-yet-run losses are nan, which never compares equal.
-    state = jax.jit(_initial_state, static_argnums=(1, 2, 3), out_shardings=sharding)(
-        params, optimizer, max_steps, log_every)
+    state = jax.jit(_initial_state, static_argnums=(1, 2, 3, 4), out_shardings=sharding)(
+        params, optimizer, max_steps, log_every, keep_trajectory)
   manager = None
   resumed_from = 0
   if workdir is not None:
@@ -177,7 +196,7 @@ def fit(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransformation
         state = jax.device_put(state, sharding)
       resumed_from = int(state.step)
       logging.info('resumed from checkpoint at step %d', resumed_from)
-  chunk = _make_chunk(loss_fn, optimizer, key, log_every)
+  chunk = _make_chunk(loss_fn, optimizer, key, log_every, pass_step, keep_trajectory)
 
   def converged(s: TrainState) -> bool:
     step = int(s.step)
