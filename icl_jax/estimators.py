@@ -85,3 +85,34 @@ def lsa_limit(prompt: Prompt, product: jax.Array) -> jax.Array:
   """
   m = prompt.n
   return prompt.x_query @ product @ (prompt.x.T @ prompt.y) / m
+
+
+def ols_prefixes(x_KxD: jax.Array, y_K: jax.Array, m_values) -> jax.Array:
+  """Minimum-norm OLS predictions of y_M from the first M pairs, for every M in m_values.
+
+  The prediction is x_M^T X_M^+ y_M with X_M the first M rows (Garg et al.'s evaluation of one
+  sequence at every length). X_M^+ y_M = (X_M^T X_M)^+ X_M^T y_M for any rank, so every M uses a
+  [d, d] Gram (rows past M masked to zero) and one shape serves all M: the pseudo-inverse keeps
+  the eigenvalues above d eps lambda_max, which drops the d - M null directions for M < d.
+  Call it in float64 (`jax.enable_x64`): at M = d the Gram's condition number squares X_M's.
+
+  Args:
+    x_KxD: [K, d] covariates of one sequence.
+    y_K: [K] labels.
+    m_values: static ints M < K.
+
+  Returns:
+    [len(m_values)] the predictions of y_M.
+  """
+  k, d = x_KxD.shape
+  masks_MxK = (jnp.arange(k)[None, :] < jnp.asarray(m_values)[:, None]).astype(x_KxD.dtype)
+
+  def one(mask_K, m):
+    xm_KxD = x_KxD * mask_K[:, None]
+    w, v = linalg.eigh(xm_KxD.T @ xm_KxD)
+    keep = w > d * jnp.finfo(w.dtype).eps * jnp.max(w)
+    inv_w = jnp.where(keep, 1.0 / jnp.where(keep, w, 1.0), 0.0)
+    w_hat = v @ (inv_w * (v.T @ (xm_KxD.T @ y_K)))
+    return jnp.dot(x_KxD[m], w_hat)
+
+  return jax.vmap(one)(masks_MxK, jnp.asarray(m_values))

@@ -53,40 +53,55 @@ class Sequences(NamedTuple):
   y: jax.Array
 
 
-def sequence(key: jax.Array, *, num_points: int, d: int, random_cov: jax.Array,
-             scale: float = 1.0, dims: Optional[jax.Array] = None) -> Sequences:
-  """One sequence of num_points (x_i, <w, x_i>) pairs.
+def sequence(key: jax.Array, *, num_points: int, cov: jax.Array,
+             dims: Optional[jax.Array] = None) -> Sequences:
+  """One sequence of num_points (x_i, <w, x_i>) pairs, x_i ~ N(0, diag(cov)), w ~ N(0, I_d).
 
   Args:
     key: PRNG key; one sequence per key.
     num_points: K, the points in the sequence (the last is the query of a K - 1 point prompt).
-    d: dimension of x.
-    random_cov: bool (may be traced): Lambda = scale * diag(Exp(1) draws) if true, else
-      scale * I (Sec. 4.3; Zhang et al. train with scale 1 and test with c in {1, 4, 9}).
-    scale: the factor c.
+    cov: [d] the diagonal of Lambda.
     dims: effective dimension (may be traced): coordinates >= dims of x and w are zero.
 
   Returns:
     Sequences with x [K, d] and y [K].
   """
-  k_lam, k_w, k_prompt = jax.random.split(key, 3)
-  lam = jnp.where(random_cov, regression.random_diagonal(k_lam, d, 'exponential', scale),
-                  jnp.full((d,), scale))
+  k_w, k_prompt = jax.random.split(key)
+  d = cov.shape[-1]
   w = jax.random.normal(k_w, (d,))
   if dims is not None:
-    mask = (jnp.arange(d) < dims).astype(lam.dtype)
-    lam, w = lam * mask, w * mask
-  p = regression.linear_prompt(k_prompt, n=num_points - 1, cov=lam, w=w)
+    mask = (jnp.arange(d) < dims).astype(cov.dtype)
+    cov, w = cov * mask, w * mask
+  p = regression.linear_prompt(k_prompt, n=num_points - 1, cov=cov, w=w)
   return Sequences(x=jnp.concatenate([p.x, p.x_query[None]], axis=0),
                    y=jnp.concatenate([p.y, p.y_query[None]], axis=0))
 
 
+def covariance(key: jax.Array, d: int, random_cov: jax.Array, scale: float = 1.0) -> jax.Array:
+  """The diagonal of Lambda: scale * (Exp(1) draws) if random_cov (may be traced), else scale * 1.
+
+  Sec. 4.3 / Appendix E: Zhang et al. train with scale 1 and test with c in {1, 4, 9}.
+  """
+  return jnp.where(random_cov, regression.random_diagonal(key, d, 'exponential', scale),
+                   jnp.full((d,), scale, jnp.float32))
+
+
+def training_sequence(key: jax.Array, *, num_points: int, d: int, random_cov: jax.Array,
+                      dims: Optional[jax.Array] = None) -> Sequences:
+  """A training sequence: its own Lambda (`covariance`, scale 1), then `sequence`."""
+  k_cov, k_seq = jax.random.split(key)
+  return sequence(k_seq, num_points=num_points, cov=covariance(k_cov, d, random_cov), dims=dims)
+
+
 def batch(key: jax.Array, size: int, *, mesh=None, **kwargs) -> Sequences:
-  """`size` sequences with keys fold_in(key, i), sharded over mesh's 'data' axis if given."""
+  """`size` training sequences (keys fold_in(key, i)), sharded over mesh's 'data' axis if given.
+
+  kwargs go to `training_sequence`.
+  """
   keys = population.sample_keys(key, 0, size)
   if mesh is not None:
     keys = jax.lax.with_sharding_constraint(keys, distributed.batch_sharding(mesh))
-  return jax.vmap(lambda k: sequence(k, **kwargs))(keys)
+  return jax.vmap(lambda k: training_sequence(k, **kwargs))(keys)
 
 
 def squared_error(pred_BxK: jax.Array, y_BxK: jax.Array, points: jax.Array) -> jax.Array:

@@ -57,3 +57,43 @@ def heatmaps(mats: Mapping[str, np.ndarray], *, title: str = ''):
   if title:
     fig.suptitle(title, fontsize=10)
   return fig
+
+
+def panels(x, curves_by_panel: Mapping[str, Mapping[str, Sequence[float]]], *, xlabel: str,
+           ylabel: str, bands: Optional[Mapping[str, Mapping[str, tuple]]] = None,
+           styles: Optional[Mapping] = None,
+           hlines: Optional[Mapping[str, Mapping[str, float]]] = None,
+           vlines: Sequence[float] = (), ylim=None, logy: bool = False, title: str = ''):
+  """A row of panels (Figure 1 of Zhang et al.): per panel, named curves y(x) with (low, high)
+  bands (confidence intervals), dashed horizontal reference lines, dotted vertical markers.
+
+  Colours follow the curve name across panels.
+  """
+  names = list(dict.fromkeys(n for c in curves_by_panel.values() for n in c))
+  colors = {n: f'C{i % 10}' for i, n in enumerate(names)}
+  fig, axes = plt.subplots(1, len(curves_by_panel), figsize=(4.2 * len(curves_by_panel), 3.8),
+                           squeeze=False)
+  for ax, (panel, ys) in zip(axes[0], curves_by_panel.items()):
+    for name, y in ys.items():
+      style = {'color': colors[name], **dict((styles or {}).get(name, {}))}
+      ax.plot(np.asarray(x), np.asarray(y), label=name, **style)
+      band = (bands or {}).get(panel, {}).get(name)
+      if band is not None:
+        ax.fill_between(np.asarray(x), np.asarray(band[0]), np.asarray(band[1]),
+                        color=style['color'], alpha=0.2, lw=0)
+    for name, value in (hlines or {}).get(panel, {}).items():
+      ax.axhline(value, ls='--', lw=1, color='k' if 'LSA' in name else 'gray', label=name)
+    for v in vlines:
+      ax.axvline(v, ls=':', lw=1, color='gray')
+    ax.set(xlabel=xlabel, title=panel)
+    if logy:
+      ax.set_yscale('log')
+    if ylim is not None:
+      ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3, which='both')
+  axes[0][0].set_ylabel(ylabel)
+  axes[0][-1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1.0))
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  return fig

@@ -129,3 +129,18 @@ def test_lsa_limit_equals_lsa_predict_at_optimum(m):
   b = jax.vmap(lambda p: lsa.predict(params, p))(batch)
   np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(lsa.product(params), g_inv, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('d', [3, 5])
+def test_ols_prefixes_match_numpy_lstsq_at_every_length(d):
+  """Minimum-norm OLS from the first M pairs, every M below, at and above d, in float64, against
+  NumPy's SVD-based lstsq on noisy labels (so M > d is a real fit, not an interpolation).
+  Fails if the masked Gram keeps a null direction (M < d) or reads a pair past M."""
+  rng = np.random.default_rng(d)
+  x = rng.normal(size=(12, d))
+  y = x @ rng.normal(size=d) + 0.3 * rng.normal(size=12)
+  ms = (1, 2, d - 1, d, d + 1, 11)
+  with jax.enable_x64(True):
+    got = np.asarray(jax.jit(lambda a, b: estimators.ols_prefixes(a, b, ms))(x, y))
+  want = [x[m] @ np.linalg.lstsq(x[:m], y[:m], rcond=None)[0] for m in ms]
+  np.testing.assert_allclose(got, want, atol=1e-10)

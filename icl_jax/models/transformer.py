@@ -43,17 +43,18 @@ def sinusoids(length: int, width: int) -> jax.Array:
 
 
 def causal_attention(q_BxQxHxK, k_BxTxHxK, v_BxTxHxK, q_pos_Q, k_pos_T):
-  """Softmax attention in which the query at position i sees the keys at positions <= i.
+  """Softmax attention in which the query at position i sees the keys at positions <= i."""
+  q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q_BxQxHxK, k_BxTxHxK, v_BxTxHxK))
+  return jnp.swapaxes(_attention_bhtk(q, k, v, q_pos_Q, k_pos_T), 1, 2)
 
-  Positions are explicit so that queries may be a subset of the tokens (the last block of
-  `Decoder` computes only the positions the caller reads).
-  """
-  scale = 1.0 / math.sqrt(q_BxQxHxK.shape[-1])
-  logits = jnp.einsum('bqhk,bthk->bhqt', q_BxQxHxK * scale, k_BxTxHxK)
+
+def _attention_bhtk(q_BxHxQxK, k_BxHxTxK, v_BxHxTxK, q_pos_Q, k_pos_T):
+  scale = 1.0 / math.sqrt(q_BxHxQxK.shape[-1])
+  logits = jnp.einsum('bhqk,bhtk->bhqt', q_BxHxQxK * scale, k_BxHxTxK)
   mask_QxT = q_pos_Q[:, None] >= k_pos_T[None, :]
   logits = jnp.where(mask_QxT[None, None], logits, jnp.finfo(logits.dtype).min)
   weights = jax.nn.softmax(logits, axis=-1)
-  return jnp.einsum('bhqt,bthk->bqhk', weights, v_BxTxHxK)
+  return jnp.einsum('bhqt,bhtk->bhqk', weights, v_BxHxTxK)
 
 
 class Block(nn.Module):
@@ -73,18 +74,23 @@ class Block(nn.Module):
     b, t, c = h_BxTxC.shape
     head_dim = c // self.heads
     residual_std = INIT_STD / math.sqrt(2 * self.depth)
-    a = nn.LayerNorm(epsilon=LN_EPS, name='ln_1')(h_BxTxC)
+    h = h_BxTxC.reshape(b * t, c)
+    a = nn.LayerNorm(epsilon=LN_EPS, name='ln_1')(h)
     qkv = _dense(3 * c, name='c_attn')(a).reshape(b, t, 3, self.heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    qkv = jnp.transpose(qkv, (2, 0, 3, 1, 4))
+    q, k, v = qkv[0], qkv[1], qkv[2]
     pos = jnp.arange(t)
     q_pos = pos
     if keep is not None:
-      q, q_pos, h_BxTxC = q[:, keep], pos[keep], h_BxTxC[:, keep]
-    att = causal_attention(q, k, v, q_pos, pos).reshape(b, q.shape[1], c)
-    h_BxTxC = h_BxTxC + _dense(c, residual_std, name='c_proj')(att)
-    m = nn.LayerNorm(epsilon=LN_EPS, name='ln_2')(h_BxTxC)
+      q, q_pos = q[:, :, keep], pos[keep]
+      h = h_BxTxC[:, keep].reshape(-1, c)
+    tq = q.shape[2]
+    att = _attention_bhtk(q, k, v, q_pos, pos)
+    att = jnp.transpose(att, (0, 2, 1, 3)).reshape(b * tq, c)
+    h = h + _dense(c, residual_std, name='c_proj')(att)
+    m = nn.LayerNorm(epsilon=LN_EPS, name='ln_2')(h)
     m = nn.gelu(_dense(self.mlp_ratio * c, name='c_fc')(m), approximate=True)
-    return h_BxTxC + _dense(c, residual_std, name='mlp_proj')(m)
+    return (h + _dense(c, residual_std, name='mlp_proj')(m)).reshape(b, tq, c)
 
 
 class Decoder(nn.Module):
