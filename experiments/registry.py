@@ -2,7 +2,7 @@
 
 EXPERIMENTS = {
     'trained_lsa': ['gradient_flow', 'prediction_error', 'distribution_shift',
-                    'random_covariance'],
+                    'random_covariance', 'gpt2_covariate_shift'],
 }
 
 PAPERS = {

@@ -167,9 +167,82 @@ RANDOM_COVARIANCE: list = [
          'rounding-level error by 10% models nothing'),
 ]
 
-CASES = GRADIENT_FLOW + PREDICTION_ERROR + DISTRIBUTION_SHIFT + RANDOM_COVARIANCE
+_G2 = 'trained_lsa/gpt2_covariate_shift'
+_G2_OLS = 'tracks OLS in distribution'
+_G2_BEATS = 'the random-covariance-trained model beats the fixed'
+_G2_RISE = 'the error rises for M > N'
+_G2_NOPE = "the paper's conjecture holds"
+
+
+def _gpt2_trained_like(evidence: results.Evidence) -> results.Evidence:
+  """The smoke run's evidence with the errors of models that learned (the smoke preset trains
+  for seconds, far from in-context regression): per (training law, test law) a base error, 0.05
+  in distribution, the fixed-trained model worse than the random-trained one at c > 1; after
+  M > N a rise of 0.5 with learned positions and 0.02 without; 10% noise across covariances."""
+  gcs = importlib.import_module('experiments.trained_lsa.gpt2_covariate_shift')
+  config = importlib.import_module(
+      'experiments.trained_lsa.configs.gpt2_covariate_shift').get_config('smoke')
+  specs, dists, m = gcs._specs(config), list(gcs._dists(config)), np.asarray(config.eval.m_values)
+  err = np.array(evidence.measured['error'])
+  base = {('fixed', 'identity'): 0.05, ('fixed', 'random_c1'): 0.1, ('fixed', 'random_c4'): 0.8,
+          ('fixed', 'random_c9'): 1.5, ('random', 'identity'): 0.05,
+          ('random', 'random_c1'): 0.05, ('random', 'random_c4'): 0.3,
+          ('random', 'random_c9'): 0.6}
+  noise = 1.0 + 0.1 * np.random.default_rng(0).normal(size=err.shape)
+  for i, (pos, cov, n) in enumerate(specs):
+    for j, dist in enumerate(dists):
+      err[i, j] = base[cov, dist] + np.where(m > n, 0.5 if pos == 'learned' else 0.02, 0.0)[:, None]
+  return evidence._replace(measured={**evidence.measured, 'error': err * noise})
+
+
+def _swap_models(a: str, b: str) -> Callable[[Any], Any]:
+  """Swaps the error curves of the models whose names contain a and b (same setting else)."""
+  gcs = importlib.import_module('experiments.trained_lsa.gpt2_covariate_shift')
+  config = importlib.import_module(
+      'experiments.trained_lsa.configs.gpt2_covariate_shift').get_config('smoke')
+  names = [gcs._model_name(s) for s in gcs._specs(config)]
+
+  def mutate(err):
+    err = np.array(err)
+    out = err.copy()
+    for i, name in enumerate(names):
+      if a in name:
+        out[i], out[names.index(name.replace(a, b))] = err[names.index(name.replace(a, b))], err[i]
+    return out
+  return mutate
+
+
+def _no_rise(err):
+  """Every error after M = N set to the error at M = N (a model that extrapolates in length)."""
+  config = importlib.import_module(
+      'experiments.trained_lsa.configs.gpt2_covariate_shift').get_config('smoke')
+  m, n = list(config.eval.m_values), config.n_train[0]
+  err = np.array(err)
+  err[:, :, m.index(n) + 1:] = err[:, :, m.index(n)][:, :, None]
+  return err
+
+
+GPT2_COVARIATE_SHIFT: list = [
+    Case(_G2, 'measured', 'error', times(4.0), (_G2_OLS,),
+         why='models that learned only partway (4x the error): a 10% change of a number checked '
+             'against a bound moves it across the bound only when it sits at the bound'),
+    Case(_G2, 'measured', 'error', _swap_models('fixed', 'random'), (_G2_BEATS,),
+         why='the training laws mixed up: the fixed-trained curves stand where the random-trained '
+             'ones were'),
+    Case(_G2, 'measured', 'error', _no_rise, (_G2_RISE, _G2_NOPE),
+         why='models without a spike: the errors past M = N equal the error at M = N'),
+    Case(_G2, 'measured', 'error', _swap_models('learned', 'nope'), (_G2_NOPE, _G2_RISE),
+         why='the positions mixed up: the NoPE curves stand where the learned ones were'),
+]
+
+CASES = (GRADIENT_FLOW + PREDICTION_ERROR + DISTRIBUTION_SHIFT + RANDOM_COVARIANCE
+         + GPT2_COVARIATE_SHIFT)
 APPS = ('trained_lsa/gradient_flow', 'trained_lsa/prediction_error',
-        'trained_lsa/distribution_shift', 'trained_lsa/random_covariance')
+        'trained_lsa/distribution_shift', 'trained_lsa/random_covariance',
+        'trained_lsa/gpt2_covariate_shift')
+# Apps whose smoke run is too short for its claims to hold: the claim builder is checked on the
+# smoke run's evidence with the measured values of a run that worked put in.
+TRAINED_LIKE = {_G2: _gpt2_trained_like}
 
 
 def _check(app: str, evidence: results.Evidence):
@@ -183,7 +256,8 @@ def _check(app: str, evidence: results.Evidence):
 def _evidence(smoke_run, app: str) -> results.Evidence:
   proc, workdir = smoke_run(app)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return results.load_evidence(str(workdir))
+  evidence = results.load_evidence(str(workdir))
+  return TRAINED_LIKE[app](evidence) if app in TRAINED_LIKE else evidence
 
 
 def _matching(claims, text: str):

@@ -60,9 +60,15 @@ def _base():
       # In-distribution (fixed on identity, random on c = 1) at M = N: the trained model's
       # normalised error. OLS is exact there (M >= d, noiseless) and zero errs by 1.
       'in_dist_max_error': 0.15,
+      # Random-covariance prompts with c > 1, M = N: the fixed-trained model's error minus the
+      # random-trained one's, lower confidence bound at least this.
+      'min_gain': 0.05,
       # Learned positions at M > N: the mean error over N < M <= max M minus the error at M = N,
       # its lower confidence bound at least this (a material rise, not just a significant one).
       'min_rise': 0.1,
+      # The paper's conjecture: the learned-position rise minus the NoPE rise, lower confidence
+      # bound at least this (else the claim reports that the conjecture did not hold).
+      'min_rise_gap': 0.05,
   })
   return config
 
