@@ -1,4 +1,4 @@
-"""The LSA population benchmark runs end to end and ends with its JSON summary line.
+"""The benchmarks run end to end and end with their JSON summary lines.
 
 Only the interface is checked (keys, positive finite figures), never a timing: the development
 machine is shared, so speeds vary several-fold from run to run.
@@ -40,3 +40,36 @@ def test_lsa_population_quick_prints_summary_json():
   # measures within a few MiB here, and the RSS left by a compilation varies by up to ~40 MiB,
   # so 128 MiB separates the two.
   assert summary['peak_rss_mb_large'] < summary['peak_rss_mb_small'] + 128
+
+
+GPT2_KEYS = {'benchmark', 's_per_step', 'steps_per_s', 'median_s_per_step', 'compile_s',
+             'ratio_to_ceiling', 'matmul_gflops', 'model_gflop_per_step', 'achieved_gflops',
+             'peak_rss_mb', 'torch_s_per_step', 'speedup_vs_torch', 'torch_max_abs_diff',
+             'params', 'batch', 'points', 'tokens', 'd', 'depth', 'width', 'heads'}
+GPT2_TORCH_KEYS = {'torch_s_per_step', 'speedup_vs_torch', 'torch_max_abs_diff'}
+
+
+def test_gpt2_step_quick_prints_summary_json():
+  """Passes with or without the optional torch peer (CI installs only .[test])."""
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  env['PYTHONPATH'] = ROOT
+  out = subprocess.run([sys.executable, '-m', 'benchmarks.gpt2_step', '--quick'],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  assert set(summary) == GPT2_KEYS
+  assert summary['benchmark'] == 'gpt2_step'
+  for name in GPT2_KEYS - {'benchmark'} - GPT2_TORCH_KEYS:
+    value = summary[name]
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), (name, value)
+    assert math.isfinite(value) and value > 0, (name, value)
+  assert summary['tokens'] == 2 * summary['points']
+  assert math.isclose(summary['steps_per_s'] * summary['s_per_step'], 1.0)
+  if summary['torch_s_per_step'] is None:   # torch not installed: the peer says it skipped
+    assert all(summary[name] is None for name in GPT2_TORCH_KEYS)
+    assert 'torch not installed: skipped' in out.stdout
+  else:   # the peer ran: the same model (same params, same batch) and positive timings
+    assert summary['torch_s_per_step'] > 0 and summary['speedup_vs_torch'] > 0
+    assert 0 <= summary['torch_max_abs_diff'] < 1e-4
+  assert 'jax' in out.stdout and 'Ceiling' in out.stdout   # the table came before the JSON line
