@@ -13,7 +13,8 @@ extra: `pip install -e .[peers]`) the benchmark builds that model here, loads it
 initial parameters as the JAX model (their predictions must agree to float32 rounding; the
 difference is reported), and times its full step (zero_grad, forward, loss, backward,
 optimizer.step) on the same batch with `torch.set_num_threads(os.cpu_count())`. The two are timed
-side by side: one step of each in turn, so a busy spell on a shared machine hurts both alike.
+side by side, one step of each in turn, so both see the same load (a busy machine still slows
+torch's OpenMP threads far more than XLA's: see benchmarks/README.md).
 Without torch the table says 'torch not installed: skipped' and the torch figures are null.
 
 Ceiling: a jitted float32 2048 x 2048 matmul (GFLOP/s), measured before and after the steps in the
@@ -23,8 +24,8 @@ Timing: the JAX step is lowered and compiled first (compile time reported apart)
 runs one warm-up step, then `--reps` timed steps each; the best is reported and the median shown
 beside it (the machine is shared: the best is the least disturbed step).
 
-  .venv/bin/python -m benchmarks.gpt2_step            # the paper's size, ~1-2 min
-  .venv/bin/python -m benchmarks.gpt2_step --quick    # small sizes, for the test (~10 s)
+  .venv/bin/python -m benchmarks.gpt2_step            # the paper's size, ~1 min idle
+  .venv/bin/python -m benchmarks.gpt2_step --quick    # small sizes, for the test (10-25 s)
 
 The last line of stdout is one JSON object with the headline figures; see benchmarks/README.md.
 """
@@ -36,7 +37,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from absl import app
 from absl import flags
