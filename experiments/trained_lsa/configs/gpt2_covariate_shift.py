@@ -10,7 +10,8 @@ scores each at the final query of test prompts of every length M in eval.m_value
 covariance and on random diagonal covariances scaled by each c in eval.scales.
 
 The models that share `positions` are trained as one compiled program (vmapped over the models,
-one Adam state each, one batch each).
+one Adam state each, one batch each): at the quick size, idle, 2 models in one program took
+28 ms per model-step against 40 ms for one model alone (1.4x; 100-step scans, best of 2).
 
 Presets:
   smoke: seconds, for tests; its models do not learn, so its claims are not expected to hold.
