@@ -34,7 +34,6 @@ import functools
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from typing import Callable, Optional
@@ -46,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import memory
 from icl_jax.models import transformer
 
 _QUICK = flags.DEFINE_bool('quick', False, 'small sizes (for the test): every figure, in seconds')
@@ -100,38 +100,6 @@ def model_flop_per_step(batch: int, points: int, d: int, depth: int, width: int)
 
 
 # --- measurement helpers --------------------------------------------------------------------------
-
-def _proc_status_kib(field: str) -> float:
-  """A 'kB' field of /proc/self/status (VmHWM: peak RSS, VmRSS: current RSS); nan off Linux."""
-  try:
-    with open('/proc/self/status') as f:
-      for line in f:
-        if line.startswith(field + ':'):
-          return float(line.split()[1])
-  except OSError:
-    pass
-  return math.nan
-
-
-def _peak_rss_mb() -> float:
-  peak = _proc_status_kib('VmHWM')
-  if math.isnan(peak):
-    import resource  # pylint: disable=g-import-not-at-top
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    if platform.system() == 'Darwin':
-      peak /= 1024.0
-  return peak / 1024.0
-
-
-def _reset_peak_rss() -> bool:
-  """Resets VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
-  try:
-    with open('/proc/self/clear_refs', 'w') as f:
-      f.write('5')
-    return True
-  except OSError:
-    return False
-
 
 def matmul_gflops(size: int, reps: int) -> float:
   """GFLOP/s of a jitted float32 size x size matmul, best of max(reps, 3) after a warm-up."""
@@ -319,10 +287,10 @@ def main(argv):
   mm1 = matmul_gflops(matmul_size, reps)
   jax_step = JaxStep(sz, x, y)
   # The JAX step's peak RSS: the warm-up step alone, before any torch allocation.
-  rss_before_mb = _proc_status_kib('VmRSS') / 1024.0
-  peak_reset = _reset_peak_rss()
+  rss_before_mb = memory.proc_status_kib('VmRSS') / 1024.0
+  peak_reset = memory.reset_peak_rss()
   first_loss = jax_step()
-  peak_rss_mb = _peak_rss_mb()
+  peak_rss_mb = memory.peak_rss_mb()
 
   steps: dict[str, Callable[[], float]] = {'jax': jax_step}
   torch_step, torch_note, torch_diff, torch_first_loss = None, '', None, None
@@ -333,10 +301,10 @@ def main(argv):
   else:
     torch_step = TorchStep(sz, x, y, jax_step.params, _TORCH_ATTN.value)
     torch_diff = float(np.max(np.abs(torch_step.predict() - jax_step.predict())))
-    torch_rss_before_mb = _proc_status_kib('VmRSS') / 1024.0
-    _reset_peak_rss()
+    torch_rss_before_mb = memory.proc_status_kib('VmRSS') / 1024.0
+    memory.reset_peak_rss()
     torch_first_loss = torch_step()
-    torch_step_mb = _peak_rss_mb() - torch_rss_before_mb
+    torch_step_mb = memory.peak_rss_mb() - torch_rss_before_mb
     steps['torch'] = torch_step
 
   times = _time_interleaved(steps, reps)

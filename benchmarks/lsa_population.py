@@ -34,7 +34,6 @@ import functools
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
+from benchmarks import memory
 from icl_jax import population
 from icl_jax.models import lsa
 from icl_jax.samplers import regression
@@ -118,38 +118,6 @@ EXACT_FLOPS = 3 * (13 * 2 * D**3 + 28 * 2 * D * D)                       # 691,2
 
 
 # --- measurement helpers --------------------------------------------------------------------------
-
-def _proc_status_kib(field: str) -> float:
-  """A 'kB' field of /proc/self/status (VmHWM: peak RSS, VmRSS: current RSS); nan off Linux."""
-  try:
-    with open('/proc/self/status') as f:
-      for line in f:
-        if line.startswith(field + ':'):
-          return float(line.split()[1])
-  except OSError:
-    pass
-  return math.nan
-
-
-def _peak_rss_mb() -> float:
-  peak = _proc_status_kib('VmHWM')
-  if math.isnan(peak):
-    import resource  # pylint: disable=g-import-not-at-top
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    if platform.system() == 'Darwin':
-      peak /= 1024.0
-  return peak / 1024.0
-
-
-def _reset_peak_rss() -> bool:
-  """Resets VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
-  try:
-    with open('/proc/self/clear_refs', 'w') as f:
-      f.write('5')
-    return True
-  except OSError:
-    return False
-
 
 def _compile(fn: Callable[..., Any], *args) -> tuple[Callable[..., Any], float]:
   """(jax.jit(fn), seconds to lower and compile it for args).
@@ -275,16 +243,16 @@ def measure_memory(num_prompts: int, chunk: int) -> dict:
   """
   params, cov = problem()
   key = jax.random.key(100)
-  rss_setup_mb = _proc_status_kib('VmRSS') / 1024.0
+  rss_setup_mb = memory.proc_status_kib('VmRSS') / 1024.0
   compiled, _ = _compile(mc_fn('wishart', cov, num_prompts, chunk), params, key)
   # No warm-up run (it would double the large run's time): the first run's own allocations are
   # part of its peak at either size alike.
-  rss_before_mb = _proc_status_kib('VmRSS') / 1024.0
-  reset = _reset_peak_rss()
+  rss_before_mb = memory.proc_status_kib('VmRSS') / 1024.0
+  reset = memory.reset_peak_rss()
   start = time.perf_counter()
   jax.block_until_ready(compiled(params, key))
   run_s = time.perf_counter() - start
-  run_peak_mb = _peak_rss_mb()
+  run_peak_mb = memory.peak_rss_mb()
   return dict(num_prompts=num_prompts, chunk=chunk, rss_setup_mb=rss_setup_mb,
               rss_before_run_mb=rss_before_mb, peak_rss_mb=run_peak_mb, peak_reset=reset,
               run_s=run_s)
