@@ -24,7 +24,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from icl_jax import distributed, population
+from icl_jax import population
 from icl_jax.samplers import regression
 
 
@@ -98,9 +98,7 @@ def batch(key: jax.Array, size: int, *, mesh=None, **kwargs) -> Sequences:
 
   kwargs go to `training_sequence`.
   """
-  keys = population.sample_keys(key, 0, size)
-  if mesh is not None:
-    keys = jax.lax.with_sharding_constraint(keys, distributed.batch_sharding(mesh))
+  keys = population.sharded_keys(key, 0, size, mesh)
   return jax.vmap(lambda k: training_sequence(k, **kwargs))(keys)
 
 

@@ -110,8 +110,9 @@ def sample_keys(key: jax.Array, start, count: int) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(count))
 
 
-def _chunk_keys(key, c, chunk, mesh):
-  keys = sample_keys(key, c * chunk, chunk)
+def sharded_keys(key: jax.Array, start, count: int, mesh=None) -> jax.Array:
+  """`sample_keys`, sharded over the mesh's 'data' axis when a mesh is given."""
+  keys = sample_keys(key, start, count)
   if mesh is not None:
     keys = jax.lax.with_sharding_constraint(keys, distributed.batch_sharding(mesh))
   return keys
@@ -119,7 +120,7 @@ def _chunk_keys(key, c, chunk, mesh):
 
 def _chunk_values(stat_fn, sample, key, args, c, chunk, mesh):
   """stat_fn(sample(k), *args) for the keys of chunk c: a pytree with a leading [chunk] axis."""
-  return jax.vmap(lambda k: stat_fn(sample(k), *args))(_chunk_keys(key, c, chunk, mesh))
+  return jax.vmap(lambda k: stat_fn(sample(k), *args))(sharded_keys(key, c * chunk, chunk, mesh))
 
 
 def _check_sizes(num_samples, chunk, mesh):
@@ -248,7 +249,7 @@ def mc_value_and_grad(loss_fn: Callable[[PyTree, Any], jax.Array],
   _check_sizes(num_prompts, chunk, mesh)
 
   def chunk_loss(p, c):
-    prompts = jax.vmap(sample)(_chunk_keys(key, c, chunk, mesh))
+    prompts = jax.vmap(sample)(sharded_keys(key, c * chunk, chunk, mesh))
     return jnp.mean(jax.vmap(loss_fn, in_axes=(None, 0))(p, prompts))
 
   def one_chunk(carry, c):

@@ -282,7 +282,8 @@ def measure(config, workdir):
                    at_n, curve[-1], m_values[-1])
   for name, loss in losses.items():
     meas[f'train_loss_{name}'] = loss
-  theory_ = {'lsa_limit': np.asarray([_lsa_limits(config)[n] for n in dists])}
+  limits = _lsa_limits(config)
+  theory_ = {'lsa_limit': np.asarray([limits[n] for n in dists])}
   return results.Evidence(measured=meas, theory=theory_), {}
 
 
