@@ -107,6 +107,16 @@ def _dists(config):
   return {'identity': None, **{f'random_c{c:g}': float(c) for c in config.eval.scales}}
 
 
+def _home(cov: str) -> str:
+  """The test law a model trained on covariance `cov` was trained on."""
+  return 'identity' if cov == 'fixed' else 'random_c1'
+
+
+def _second_moment(config, c) -> float:
+  """E y^2 = tr E Lambda on a test law of scale c (None: identity), the normaliser."""
+  return config.d * (1.0 if c is None else c)
+
+
 def _dist_title(name: str) -> str:
   return 'identity covariance' if name == 'identity' else f'random covariance, c = {name[8:]}'
 
@@ -253,7 +263,7 @@ def measure(config, workdir):
   with population.progress('test prompts and OLS / zero baselines (float64)'):
     for j, (name, c) in enumerate(dists.items()):
       seqs[name] = _test_sequences(jax.random.fold_in(k_eval, j), config, c, mesh)
-      ey2 = config.d * (1.0 if c is None else c)   # E y^2 = tr E Lambda
+      ey2 = _second_moment(config, c)
       with jax.enable_x64(True):
         ols, zero = _baseline_errors(seqs[name].x, seqs[name].y, m_values=m_values)
       meas['ols_error'][j] = _group_means(ols, g) / ey2
@@ -270,12 +280,12 @@ def measure(config, workdir):
       for j, (name, c) in enumerate(dists.items()):
         err = _model_errors(model, params, seqs[name].x, seqs[name].y, m_values=m_values,
                             chunk=chunk)
-        ey2 = config.d * (1.0 if c is None else c)
+        ey2 = _second_moment(config, c)
         for k, i in enumerate(idx):
           meas['error'][i, j] = _group_means(err[k], g) / ey2
     for i in idx:
       _, cov, n = specs[i]
-      home = list(dists).index('identity' if cov == 'fixed' else 'random_c1')
+      home = list(dists).index(_home(cov))
       curve = meas['error'][i, home].mean(-1)
       at_n = curve[m_values.index(n)] if n in m_values else float('nan')
       logging.info('%s: in-distribution error %.4g at M = N, %.4g at M = %d', _model_name(specs[i]),
@@ -325,7 +335,7 @@ def check(config, ev):
   pct = f'{100 * level:g}%'
   for spec in specs:
     p, cov, n = spec
-    home = 'identity' if cov == 'fixed' else 'random_c1'
+    home = _home(cov)
     if n not in m_values:
       continue
     e = float(at(spec, home, n).mean())
@@ -354,7 +364,7 @@ def check(config, ev):
               0.0, 'at_least'))
   max_m = max(m_values)
   for cov in config.train_covariances:
-    home = 'identity' if cov == 'fixed' else 'random_c1'
+    home = _home(cov)
     for n in config.n_train:
       if n >= max_m or n not in m_values:
         continue
