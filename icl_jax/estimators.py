@@ -1,4 +1,5 @@
-"""In-context baselines on one prompt: OLS, zero, and the trained-LSA limit predictor.
+"""In-context baselines on one prompt: OLS, zero, the trained-LSA limit, the kernel-GP Bayes
+estimator and functional gradient descent.
 
 Each takes one `Prompt` and returns the scalar prediction of its query label; vmap for batches.
 """
@@ -109,10 +110,73 @@ def ols_prefixes(x_KxD: jax.Array, y_K: jax.Array, m_values) -> jax.Array:
 
   def one(mask_K, m):
     xm_KxD = x_KxD * mask_K[:, None]
-    w, v = linalg.eigh(xm_KxD.T @ xm_KxD)
-    keep = w > d * jnp.finfo(w.dtype).eps * jnp.max(w)
-    inv_w = jnp.where(keep, 1.0 / jnp.where(keep, w, 1.0), 0.0)
-    w_hat = v @ (inv_w * (v.T @ (xm_KxD.T @ y_K)))
+    w_hat = _pinv_apply(xm_KxD.T @ xm_KxD, xm_KxD.T @ y_K, rtol=d * jnp.finfo(x_KxD.dtype).eps)
     return jnp.dot(x_KxD[m], w_hat)
 
   return jax.vmap(one)(masks_MxK, jnp.asarray(m_values))
+
+
+def _pinv_apply(a_NxN: jax.Array, b: jax.Array, *, rtol) -> jax.Array:
+  """a^+ b for symmetric PSD a: eigenvalues at or below rtol x lambda_max count as zero."""
+  w, v = linalg.eigh(a_NxN)
+  keep = w > rtol * jnp.max(w)
+  inv_w = jnp.where(keep, 1.0 / jnp.where(keep, w, 1.0), 0.0)
+  if b.ndim == 1:
+    return v @ (inv_w * (v.T @ b))
+  return v @ (inv_w[:, None] * (v.T @ b))
+
+
+def bayes(k_plus_TxT: jax.Array, y_N: jax.Array, *, rtol=None) -> tuple[jax.Array, jax.Array]:
+  """The Bayes estimator (13) of a K Gaussian process and its conditional variance.
+
+  With K_+ = [[K^, nu], [nu^T, mu]] (the query last), y_query | y_1..y_n ~ N(nu^T K^+ Y^,
+  mu - nu^T K^+ nu) (Appendix C, eq. (25)); K^+ is the pseudo-inverse, which is what the limit
+  of functional GD reaches when K^ is singular (the linear kernel with n > d: rank d). The
+  variance is the Bayes risk of this prompt given X, so its mean over prompts is the Bayes loss
+  without the Monte-Carlo noise of the labels.
+
+  Call it in float64 (`jax.enable_x64`) with K_+ computed in float64: rounding K_+ to float32
+  leaves spurious eigenvalues ~1e-7 lambda_max in a singular K^, and float32 labels have
+  components of that size along them, whose ratio is O(1).
+
+  Args:
+    k_plus_TxT: [n+1, n+1] the label covariance K_+(X), query last.
+    y_N: [n] context labels.
+    rtol: eigenvalues of K^ at or below rtol x lambda_max are treated as zero
+      (default n x the dtype's eps).
+
+  Returns:
+    (prediction of y_query [], conditional variance []).
+  """
+  n = y_N.shape[0]
+  k_hat, nu, mu = k_plus_TxT[:n, :n], k_plus_TxT[:n, n], k_plus_TxT[n, n]
+  rtol = n * jnp.finfo(k_plus_TxT.dtype).eps if rtol is None else rtol
+  sol_Nx2 = _pinv_apply(k_hat, jnp.stack([y_N, nu], axis=1), rtol=rtol)
+  return jnp.dot(nu, sol_Nx2[:, 0]), mu - jnp.dot(nu, sol_Nx2[:, 1])
+
+
+def functional_gd(k_TxN: jax.Array, y_N: jax.Array, steps) -> jax.Array:
+  """Functional gradient descent (9) from f_0 = 0, its prediction at the query after each step.
+
+  f_{l+1}(.) = f_l(.) + r'_l sum_i (y_i - f_l(x_i)) K(., x_i): only the values at the n context
+  points and the query are ever needed, so the kernel enters as the matrix of K(t, x_i) for the
+  points t = x_1..x_n, x_query (query last). Any matrix works, a kernel's or not (eq. (17) with
+  a non-kernel h~, eq. (10) with softmax's normalisation folded into its columns).
+
+  Args:
+    k_TxN: [n+1, n] K(t, x_i), rows t = context then query.
+    y_N: [n] context labels.
+    steps: [L] step sizes r'_l.
+
+  Returns:
+    [L+1] f_0(x_query) = 0, f_1(x_query), ..., f_L(x_query).
+  """
+  n = y_N.shape[0]
+
+  def step(f_T, r):
+    f_T = f_T + r * (k_TxN @ (y_N - f_T[:n]))
+    return f_T, f_T[n]
+
+  f0 = jnp.zeros((n + 1,), jnp.result_type(k_TxN, y_N))
+  _, f_L = jax.lax.scan(step, f0, jnp.asarray(steps, f0.dtype))
+  return jnp.concatenate([jnp.zeros((1,), f0.dtype), f_L])
