@@ -58,13 +58,14 @@ def _global_norm(tree):
 
 
 def _make_chunk(loss_fn: LossFn, optimizer: optax.GradientTransformation, key: jax.Array,
-                log_every: int, pass_step: bool, keep_trajectory: bool):
+                log_every: int, pass_step: bool, keep_trajectory: bool,
+                sample_fn: Optional[Callable[[jax.Array], Any]] = None, resample_every: int = 1):
   """A jitted function running log_every optimiser steps in lax.scan."""
 
-  def one_step(state: TrainState, _):
+  def one_step(state: TrainState, batch):
     args = (state.step,) if pass_step else ()
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, jax.random.fold_in(key, state.step),
-                                              *args)
+    data = jax.random.fold_in(key, state.step) if sample_fn is None else batch
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, data, *args)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     state = state._replace(
@@ -73,8 +74,17 @@ def _make_chunk(loss_fn: LossFn, optimizer: optax.GradientTransformation, key: j
         grad_norm=state.grad_norm.at[state.step].set(_global_norm(grads)))
     return state, None
 
+  def block(state: TrainState, _):
+    # One batch, drawn once, serves resample_every steps (sampling can cost more than a step).
+    batch = sample_fn(jax.random.fold_in(key, state.step // resample_every))
+    state, _ = jax.lax.scan(lambda s, _: one_step(s, batch), state, None, length=resample_every)
+    return state, None
+
   def chunk(state: TrainState) -> TrainState:
-    state, _ = jax.lax.scan(one_step, state, None, length=log_every)
+    if sample_fn is None:
+      state, _ = jax.lax.scan(one_step, state, None, length=log_every)
+    else:
+      state, _ = jax.lax.scan(block, state, None, length=log_every // resample_every)
     if not keep_trajectory:
       return state
     point = state.step // log_every
@@ -134,7 +144,9 @@ def fit(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransformation
         key: jax.Array, max_steps: int, log_every: int = 100, ckpt_every: int = 1000,
         workdir: Optional[str] = None, grad_tol: Optional[float] = None,
         min_steps: int = 0, log_seconds: float = 5.0, mesh: Optional[jax.sharding.Mesh] = None,
-        keep_trajectory: bool = True, pass_step: bool = False) -> tuple[PyTree, History]:
+        keep_trajectory: bool = True, pass_step: bool = False,
+        sample_fn: Optional[Callable[[jax.Array], Any]] = None,
+        resample_every: int = 1) -> tuple[PyTree, History]:
   """Minimises loss_fn from params with optimizer; resumable, NaN-guarded, with progress logs.
 
   Args:
@@ -158,6 +170,10 @@ def fit(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransformation
     keep_trajectory: keep the params at every log point (History.trajectory); off for large
       models, whose History.trajectory is then ().
     pass_step: call loss_fn(params, key, step) with the step as a traced int32.
+    sample_fn: key -> batch. When given, loss_fn takes (params, batch[, step]) instead of a key,
+      and one batch, drawn from fold_in(key, step // resample_every), serves resample_every
+      consecutive steps (Appendix H.1 of Cheng, Chen & Sra: a minibatch resampled every 10).
+    resample_every: steps per batch; log_every must be a multiple of it.
 
   Returns:
     (final params, History).
@@ -169,6 +185,9 @@ def fit(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransformation
   if max_steps <= 0 or log_every <= 0 or max_steps % log_every or ckpt_every % log_every:
     raise ValueError(f'max_steps={max_steps} and ckpt_every={ckpt_every} must be positive '
                      f'multiples of log_every={log_every}')
+  if resample_every <= 0 or log_every % resample_every:
+    raise ValueError(f'log_every={log_every} must be a positive multiple of '
+                     f'resample_every={resample_every}')
   sharding = _state_sharding(mesh)
   if sharding is None:
     state = _initial_state(params, optimizer, max_steps, log_every, keep_trajectory)
@@ -196,7 +215,8 @@ def fit(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransformation
         state = jax.device_put(state, sharding)
       resumed_from = int(state.step)
       logging.info('resumed from checkpoint at step %d', resumed_from)
-  chunk = _make_chunk(loss_fn, optimizer, key, log_every, pass_step, keep_trajectory)
+  chunk = _make_chunk(loss_fn, optimizer, key, log_every, pass_step, keep_trajectory, sample_fn,
+                      resample_every)
 
   def converged(s: TrainState) -> bool:
     step = int(s.step)
@@ -235,6 +255,22 @@ def fit(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransformation
       trajectory_steps=np.arange(num_points) * log_every, converged=converged(state),
       resumed_from=resumed_from)
   return state.params, history
+
+
+def per_model(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+  """optimizer applied to each slice of a leading model axis on its own (vmapped).
+
+  For several models trained as one program (params stacked on axis 0, the loss their sum):
+  Adam is elementwise and needs no help, but a global-norm clip or any other transformation
+  that reads the whole gradient would otherwise couple the models.
+  """
+
+  def update(updates, state, params=None):
+    if params is None:
+      return jax.vmap(lambda u, s: optimizer.update(u, s))(updates, state)
+    return jax.vmap(optimizer.update)(updates, state, params)
+
+  return optax.GradientTransformation(jax.vmap(optimizer.init), update)
 
 
 def hessian_max_eig(loss: Callable[[PyTree], jax.Array], params: PyTree,
