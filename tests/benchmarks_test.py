@@ -73,3 +73,44 @@ def test_gpt2_step_quick_prints_summary_json():
     assert summary['torch_s_per_step'] > 0 and summary['speedup_vs_torch'] > 0
     assert 0 <= summary['torch_max_abs_diff'] < 1e-4
   assert 'jax' in out.stdout and 'Ceiling' in out.stdout   # the table came before the JSON line
+
+
+KERNEL_GP_KEYS = {'benchmark', 'prompts_per_s', 'numpy_prompts_per_s', 'speedup',
+                  'prompts_per_s_linear', 'prompts_per_s_exp', 'numpy_prompts_per_s_linear',
+                  'numpy_prompts_per_s_exp', 'linear_no_eigh_prompts_per_s',
+                  'one_eigh_prompts_per_s', 'steps_per_s', 's_per_step', 'numpy_s_per_step',
+                  'train_speedup', 'numpy_grad_max_rel_diff', 'matmul_gflops',
+                  'model_gflop_per_step', 'achieved_gflops', 'ratio_to_ceiling', 'peak_rss_mb',
+                  'sampler_peak_rss_mb', 'num_prompts', 'numpy_prompts', 'batch', 'numpy_batch',
+                  'd', 'n', 'layers'}
+# Timed in full runs only (the other label kernels and a diagnostic): null with --quick.
+KERNEL_GP_FULL_ONLY = {'prompts_per_s_linear', 'prompts_per_s_exp', 'numpy_prompts_per_s_linear',
+                       'numpy_prompts_per_s_exp', 'linear_no_eigh_prompts_per_s'}
+
+
+def test_kernel_gp_quick_prints_summary_json():
+  """benchmarks.kernel_gp --quick: the summary keys, positive finite figures (null only for the
+  full-run rows), the sampler's headline ratio consistent with its two rates, and the NumPy
+  baseline's hand-written gradient equal to jax.grad on the same prompts (float32 rounding:
+  < 1e-4 relative), which is what makes its timing a like-for-like step."""
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  env['PYTHONPATH'] = ROOT
+  out = subprocess.run([sys.executable, '-m', 'benchmarks.kernel_gp', '--quick'],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  assert set(summary) == KERNEL_GP_KEYS
+  assert summary['benchmark'] == 'kernel_gp'
+  for name in KERNEL_GP_KEYS - {'benchmark'}:
+    value = summary[name]
+    if name in KERNEL_GP_FULL_ONLY and value is None:
+      continue
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), (name, value)
+    assert math.isfinite(value) and value > 0, (name, value)
+  assert (summary['d'], summary['n'], summary['layers']) == (5, 30, 3)
+  assert math.isclose(summary['speedup'],
+                      summary['prompts_per_s'] / summary['numpy_prompts_per_s'])
+  assert math.isclose(summary['steps_per_s'] * summary['s_per_step'], 1.0)
+  assert summary['numpy_grad_max_rel_diff'] < 1e-4
+  assert '(1) Sampler' in out.stdout and '(2) Training step' in out.stdout
