@@ -125,6 +125,24 @@ def _time(run: Callable[[int], Any], reps: int) -> tuple[float, float, Any]:
   return min(times), statistics.median(times), first
 
 
+def _interleaved(runs: dict[str, Callable[[int], Any]], reps: int) -> dict[str, dict]:
+  """Times each run(i) for i = 1..reps, one of each in turn per round, after one warm-up run(0)
+  each, so that a busy spell on the shared machine hurts every path of a comparison alike.
+
+  Returns:
+    {name: dict(best_s, median_s, first=run(0)'s result)}.
+  """
+  first = {name: jax.block_until_ready(run(0)) for name, run in runs.items()}
+  times = {name: [] for name in runs}
+  for i in range(1, reps + 1):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      jax.block_until_ready(run(i))
+      times[name].append(time.perf_counter() - start)
+  return {name: dict(best_s=min(t), median_s=statistics.median(t), first=first[name])
+          for name, t in times.items()}
+
+
 def matmul_gflops(size: int, reps: int) -> float:
   """GFLOP/s of a jitted float32 size x size matmul, best of max(reps, 3) after a warm-up."""
   ka_, kb = jax.random.split(jax.random.key(1))
@@ -137,7 +155,8 @@ def matmul_gflops(size: int, reps: int) -> float:
 
 # --- (1) the sampler ------------------------------------------------------------------------------
 
-def sample_one_eigh(key: jax.Array, *, n: int, cov: kernel_gp.Covariance, gram) -> Prompt:
+def sample_one_eigh(key: jax.Array, *, n: int, cov: kernel_gp.Covariance,
+                    gram) -> kernel_gp.KernelPrompt:
   """`kernel_gp.sample` with Y drawn from the decomposition that gave K_+ (V sqrt|Lambda| g):
   the same distribution with one eigh per prompt instead of two. A diagnostic, not library."""
   k_xi, k_y = jax.random.split(key)
@@ -150,7 +169,8 @@ def sample_one_eigh(key: jax.Array, *, n: int, cov: kernel_gp.Covariance, gram) 
                                        y_query=y_T[n]), xi_TxD, k_plus)
 
 
-def sample_linear_no_eigh(key: jax.Array, *, n: int, cov: kernel_gp.Covariance, gram) -> Prompt:
+def sample_linear_no_eigh(key: jax.Array, *, n: int, cov: kernel_gp.Covariance,
+                          gram) -> kernel_gp.KernelPrompt:
   """Linear-kernel prompts without any eigh: K = Xi Xi^T is PSD of rank d, so K_+ = K and
   Y = Xi g with g ~ N(0, I_d) has covariance K_+ exactly. A diagnostic, not library."""
   del gram
@@ -163,16 +183,13 @@ def sample_linear_no_eigh(key: jax.Array, *, n: int, cov: kernel_gp.Covariance, 
                                        y_query=y_T[n]), xi_TxD, xi_TxD @ xi_TxD.T)
 
 
-def time_jax_sampler(sample_fn, name: str, cov, n: int, num_prompts: int, reps: int) -> dict:
+def jax_sampler(sample_fn, name: str, cov, n: int, num_prompts: int, reps: int):
+  """(run(i) -> labels of num_prompts prompts from keys set i, compile seconds)."""
   gram = kernels.gram_fn(name)
-  fn = jax.vmap(lambda k: sample_fn(k, n=n, cov=cov, gram=gram))
+  fn = jax.vmap(lambda k: sample_fn(k, n=n, cov=cov, gram=gram).prompt.y)
   keys = [jax.random.split(jax.random.key(100 + i), num_prompts) for i in range(reps + 1)]
   compiled, compile_s = _compile(fn, keys[0])
-  best, median, first = _time(lambda i: compiled(keys[i]), reps)
-  mean_y2 = float(jnp.mean(jnp.square(first.prompt.y)))
-  return dict(compile_s=compile_s, best_s=best, median_s=median,
-              prompts_per_s=num_prompts / best, median_prompts_per_s=num_prompts / median,
-              mean_y2=mean_y2)
+  return (lambda i: compiled(keys[i])), compile_s
 
 
 def _np_gram(name: str, xi: np.ndarray) -> np.ndarray:
@@ -195,21 +212,15 @@ def numpy_sample(rng: np.random.Generator, name: str, n: int, sigma_sqrt: np.nda
   return x, y, k_plus
 
 
-def time_numpy_sampler(name: str, cov, n: int, num_prompts: int, reps: int) -> dict:
+def numpy_sampler(name: str, cov, n: int, num_prompts: int):
+  """run(i) -> labels [num_prompts, n] of a Python loop over prompts, NumPy's PCG64 seeded i."""
   sq = np.asarray(cov.sqrt, np.float64)
-  times, ys = [], []
-  for rep in range(reps + 1):
-    rng = np.random.default_rng(rep)
-    start = time.perf_counter()
-    for _ in range(num_prompts):
-      _, y, _ = numpy_sample(rng, name, n, sq)
-      ys.append(y)
-    if rep:   # rep 0 is the warm-up
-      times.append(time.perf_counter() - start)
-  return dict(best_s=min(times), median_s=statistics.median(times),
-              prompts_per_s=num_prompts / min(times),
-              median_prompts_per_s=num_prompts / statistics.median(times),
-              mean_y2=float(np.mean(np.square(np.concatenate(ys)))))
+
+  def run(i):
+    rng = np.random.default_rng(i)
+    return np.stack([numpy_sample(rng, name, n, sq)[1][:n] for _ in range(num_prompts)])
+
+  return run
 
 
 def sampler_peak_rss(cov, n: int, num_prompts: int) -> float:
@@ -338,28 +349,33 @@ def _np_params(params: ka.Params) -> dict:
               b=np.asarray(params.b[:, 0], np.float64), c=np.asarray(params.c[:, 0], np.float64))
 
 
-def time_numpy_training(params: ka.Params, batch: Prompt, numpy_batch: int, reps: int) -> dict:
-  """The NumPy step on the first numpy_batch prompts; its gradient against jax.grad there."""
-  sub = jax.tree.map(lambda a: np.asarray(a[:numpy_batch], np.float64), batch)
-  data = (sub.x, sub.y, sub.x_query, sub.y_query)
-  p = _np_params(params)
-  zeros = lambda: {k: np.zeros_like(v) for k, v in p.items()}
-  state = dict(m=zeros(), v=zeros())
-  times = []
-  grads = None
-  for rep in range(reps + 1):
-    start = time.perf_counter()
-    new, state, _, g = numpy_step(p, state, data, rep + 1)
-    if rep == 0:
-      grads = g      # at the initial params, for the check below
-    else:
-      times.append(time.perf_counter() - start)
-    p = new
+class NumpyStep:
+  """The NumPy training step on the first numpy_batch prompts of the batch (state kept)."""
+
+  def __init__(self, params: ka.Params, batch: Prompt, numpy_batch: int):
+    sub = jax.tree.map(lambda a: np.asarray(a[:numpy_batch], np.float64), batch)
+    self.data = (sub.x, sub.y, sub.x_query, sub.y_query)
+    self.params = _np_params(params)
+    zeros = lambda: {k: np.zeros_like(v) for k, v in self.params.items()}
+    self.opt_state = dict(m=zeros(), v=zeros())
+    self.t = 0
+    self.first_grads = None
+
+  def __call__(self) -> float:
+    self.t += 1
+    self.params, self.opt_state, loss, grads = numpy_step(self.params, self.opt_state, self.data,
+                                                          self.t)
+    if self.first_grads is None:
+      self.first_grads = grads   # at the initial params, for `grad_max_rel_diff`
+    return loss
+
+
+def grad_max_rel_diff(np_grads: dict, params: ka.Params, batch: Prompt, numpy_batch: int) -> float:
+  """max |NumPy gradient - jax.grad| / max |jax.grad| on the same prompts, initial params."""
   jax_grads = jax.jit(jax.grad(_loss))(params, jax.tree.map(lambda a: a[:numpy_batch], batch))
   jg = _np_params(jax_grads)
   scale = max(float(np.max(np.abs(v))) for v in jg.values())
-  diff = max(float(np.max(np.abs(grads[k] - jg[k]))) for k in jg) / scale
-  return dict(best_s=min(times), median_s=statistics.median(times), grad_max_rel_diff=diff)
+  return max(float(np.max(np.abs(np_grads[k] - jg[k]))) for k in jg) / scale
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -387,13 +403,23 @@ def main(argv):
   mm1 = matmul_gflops(matmul_size, reps)
   # (1) the sampler. --quick times the headline kernel only (each kernel is one more compile).
   kernel_names = (HEADLINE_KERNEL,) if quick else LABEL_KERNELS
-  jax_rows = {name: time_jax_sampler(kernel_gp.sample, name, cov, n, num_prompts, reps)
-              for name in kernel_names}
-  one_eigh = time_jax_sampler(sample_one_eigh, HEADLINE_KERNEL, cov, n, num_prompts, reps)
-  no_eigh = (None if quick else
-             time_jax_sampler(sample_linear_no_eigh, 'linear', cov, n, num_prompts, reps))
-  np_rows = {name: time_numpy_sampler(name, cov, n, numpy_prompts, reps)
-             for name in kernel_names}
+  runs, compile_s = {}, {}
+  for name in kernel_names:
+    runs['jax', name], compile_s[name] = jax_sampler(kernel_gp.sample, name, cov, n,
+                                                     num_prompts, reps)
+    runs['numpy', name] = numpy_sampler(name, cov, n, numpy_prompts)
+  runs['one_eigh'], _ = jax_sampler(sample_one_eigh, HEADLINE_KERNEL, cov, n, num_prompts, reps)
+  if not quick:
+    runs['no_eigh'], _ = jax_sampler(sample_linear_no_eigh, 'linear', cov, n, num_prompts, reps)
+  timed = _interleaved(runs, reps)
+  count = lambda key: numpy_prompts if key[0] == 'numpy' else num_prompts
+  rows = {key: dict(prompts_per_s=count(key) / t['best_s'],
+                    median_prompts_per_s=count(key) / t['median_s'],
+                    mean_y2=float(np.mean(np.square(np.asarray(t['first'], np.float64)))))
+          for key, t in timed.items()}
+  jax_rows = {name: rows['jax', name] for name in kernel_names}
+  np_rows = {name: rows['numpy', name] for name in kernel_names}
+  one_eigh, no_eigh = rows['one_eigh'], rows.get('no_eigh')
   sampler_rss = sampler_peak_rss(cov, n, num_prompts)
 
   # (2) the training step.
@@ -402,15 +428,14 @@ def main(argv):
   jax_step = JaxStep(params, batch)
   rss_before_mb = memory.proc_status_kib('VmRSS') / 1024.0
   memory.reset_peak_rss()
-  first_loss = jax_step()            # warm-up, and the step whose peak RSS is reported
+  first_loss = jax_step()            # a warm-up step, and the one whose peak RSS is reported
   peak_rss_mb = memory.peak_rss_mb()
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax_step()
-    times.append(time.perf_counter() - start)
-  s_per_step, median_s = min(times), statistics.median(times)
-  numpy_train = time_numpy_training(params, batch, numpy_batch, reps)
+  np_step = NumpyStep(params, batch, numpy_batch)
+  train = _interleaved({'jax': lambda i: jax_step(), 'numpy': lambda i: np_step()}, reps)
+  s_per_step, median_s = train['jax']['best_s'], train['jax']['median_s']
+  numpy_train = dict(best_s=train['numpy']['best_s'],
+                     grad_max_rel_diff=grad_max_rel_diff(np_step.first_grads, params, batch,
+                                                         numpy_batch))
   mm2 = matmul_gflops(matmul_size, reps)
   matmul = max(mm1, mm2)
   wall = time.perf_counter() - wall_start
@@ -438,7 +463,7 @@ def main(argv):
     j, p = jax_rows[name], np_rows[name]
     print(f'  {name:8s} {j["prompts_per_s"]:10,.0f} {j["median_prompts_per_s"]:10,.0f} '
           f'{p["prompts_per_s"]:10,.0f} {p["median_prompts_per_s"]:10,.0f} '
-          f'{j["prompts_per_s"] / p["prompts_per_s"]:7.2f}x {j["compile_s"]:9.1f} '
+          f'{j["prompts_per_s"] / p["prompts_per_s"]:7.2f}x {compile_s[name]:9.1f} '
           f'{j["mean_y2"]:9.3f} {p["mean_y2"]:7.3f}')
   if quick:
     print('  (--quick: the relu kernel only)')
