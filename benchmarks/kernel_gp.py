@@ -77,6 +77,8 @@ _NUMPY_BATCH = flags.DEFINE_integer('numpy_batch', None, 'prompts of the NumPy t
 _REPS = flags.DEFINE_integer('reps', None, 'timed runs per figure, best reported '
                              '(default 5; 2 with --quick)')
 _N = flags.DEFINE_integer('n', 30, 'context length n')
+_CHUNK = flags.DEFINE_integer('chunk', 1000, 'diagnostic training step: loss and gradient over '
+                              'chunks of this many prompts (lax.map); 0 or --quick: skipped')
 
 D = 5
 LAYERS = 3
@@ -250,16 +252,31 @@ def _optimizer():
   return optax.chain(optax.clip_by_global_norm(CLIP), optax.adam(LR))
 
 
-class JaxStep:
-  """One Adam + clip step on a fixed batch, jitted with the state donated (as training.fit)."""
+def _chunked_value_and_grad(params, batch: Prompt, chunk: int):
+  """value_and_grad of `_loss` as the mean over equal chunks of the batch, one chunk at a time
+  (`lax.map`): the same numbers to float32 rounding, a working set of one chunk."""
+  chunks = jax.tree.map(lambda a: a.reshape((-1, chunk) + a.shape[1:]), batch)
+  loss, grads = jax.lax.map(lambda c: jax.value_and_grad(_loss)(params, c), chunks)
+  return jnp.mean(loss), jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
 
-  def __init__(self, params, batch: Prompt):
+
+class JaxStep:
+  """One Adam + clip step on a fixed batch, jitted with the state donated (as training.fit).
+
+  chunk = 0: the loss and gradient of the whole batch at once (as the apps compute them);
+  chunk > 0: `_chunked_value_and_grad` (a diagnostic of the step's memory-boundness).
+  """
+
+  def __init__(self, params, batch: Prompt, chunk: int = 0):
     self.batch = batch
     opt = _optimizer()
 
     def step(state, batch):
       params, opt_state = state
-      loss, grads = jax.value_and_grad(_loss)(params, batch)
+      if chunk:
+        loss, grads = _chunked_value_and_grad(params, batch, chunk)
+      else:
+        loss, grads = jax.value_and_grad(_loss)(params, batch)
       updates, opt_state = opt.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), loss
 
@@ -430,8 +447,22 @@ def main(argv):
   memory.reset_peak_rss()
   first_loss = jax_step()            # a warm-up step, and the one whose peak RSS is reported
   peak_rss_mb = memory.peak_rss_mb()
+  chunk = 0 if quick else _CHUNK.value
+  chunked_step, chunked_rss_mb = None, None
+  if chunk:
+    if batch_size % chunk:
+      raise app.UsageError(f'--batch={batch_size} must be a multiple of --chunk={chunk}')
+    chunked_step = JaxStep(params, batch, chunk)
+    rss_chunked_before_mb = memory.proc_status_kib('VmRSS') / 1024.0
+    memory.reset_peak_rss()
+    chunked_step()
+    chunked_rss_mb = memory.peak_rss_mb()
   np_step = NumpyStep(params, batch, numpy_batch)
-  train = _interleaved({'jax': lambda i: jax_step(), 'numpy': lambda i: np_step()}, reps)
+  train_runs = {'jax': lambda i: jax_step(), 'numpy': lambda i: np_step()}
+  if chunked_step is not None:
+    train_runs['chunked'] = lambda i: chunked_step()
+  train = _interleaved(train_runs, reps)
+  chunked_s = train['chunked']['best_s'] if chunked_step is not None else None
   s_per_step, median_s = train['jax']['best_s'], train['jax']['median_s']
   numpy_train = dict(best_s=train['numpy']['best_s'],
                      grad_max_rel_diff=grad_max_rel_diff(np_step.first_grads, params, batch,
@@ -490,6 +521,11 @@ def main(argv):
         f'{numpy_batch:,} prompts (a per-prompt loop: linear in the batch); '
         f'its gradient vs jax.grad: max rel diff {numpy_train["grad_max_rel_diff"]:.1e}')
   print(f'  speedup {numpy_s_per_step / s_per_step:.1f}x')
+  if chunked_step is not None:
+    print(f'  diagnostic: the same step over chunks of {chunk:,} prompts (lax.map): '
+          f'{chunked_s:.3f} s/step (median {train["chunked"]["median_s"]:.3f}), '
+          f'{s_per_step / chunked_s:.2f}x the whole-batch step; peak RSS {chunked_rss_mb:.1f} MiB '
+          f'({chunked_rss_mb - rss_chunked_before_mb:+.1f})')
   print(f'  model {flop / 1e9:.2f} GFLOP/step ({model_flop_per_prompt(n):,.0f} per prompt), '
         f'{achieved:.1f} GFLOP/s = {achieved / matmul:.1%} of the matmul ceiling')
   print(f'  peak RSS during the warm-up step (after compiling) {peak_rss_mb:.1f} MiB '
@@ -513,6 +549,8 @@ def main(argv):
       s_per_step=s_per_step,
       numpy_s_per_step=numpy_s_per_step,
       train_speedup=numpy_s_per_step / s_per_step,
+      chunked_s_per_step=chunked_s,          # null with --quick (diagnostic)
+      chunked_peak_rss_mb=chunked_rss_mb,    # null with --quick
       numpy_grad_max_rel_diff=numpy_train['grad_max_rel_diff'],
       matmul_gflops=matmul,
       model_gflop_per_step=flop / 1e9,
