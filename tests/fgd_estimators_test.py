@@ -84,21 +84,23 @@ N_VALUES = (2, D, 8)
 
 @pytest.fixture(scope='module')
 def linear_risks():
-  """Per-prompt Bayes risks of the linear K-GP for each n in N_VALUES, from 2,000 prompts of
-  kernel_gp.sample (n = 8, Sigma random, d = 5) in float64. For n < 8 the prompt's first n
-  context points and its query form the smaller prompt: the linear kernel is PSD, so K_+ = K
-  and its principal submatrix is the smaller prompt's K_+ (one compilation serves every n)."""
+  """Per-prompt Bayes risks of the linear K-GP for each n in N_VALUES, 2,000 prompts, float64.
+
+  The linear kernel is PSD, so K_+ = K = Xi Xi^T (Definition 3.3) with xi uniform on the sphere
+  (`kernel_gp.sphere`, whose uniformity tests/kernel_gp_test.py checks; Sigma plays no part,
+  Example 7). For n < 8 the first n context points and the query form the smaller prompt (one
+  draw of 9 points serves every n)."""
   with jax.enable_x64(True):
-    cov = kernel_gp.covariance(jax.random.key(0))
 
     @jax.jit
     def risks(keys):
       def one(k):
-        kp = kernel_gp.sample(k, n=max(N_VALUES), cov=cov, gram=kernels.gram_fn('linear'))
+        xi = kernel_gp.sphere(k, max(N_VALUES) + 1, D)
+        k_plus = xi @ xi.T
         out = []
         for n in N_VALUES:
           idx = np.r_[0:n, max(N_VALUES)]
-          out.append(estimators.bayes(kp.k_plus[np.ix_(idx, idx)], kp.prompt.y[:n])[1])
+          out.append(estimators.bayes(k_plus[np.ix_(idx, idx)], jnp.zeros(n))[1])
         return jnp.stack(out)
       return jax.vmap(one)(keys)
 
@@ -110,11 +112,10 @@ def test_linear_bayes_risk_is_one_minus_n_over_d(linear_risks, j):
   """The linear K-GP's Bayes risk E_X var(y_q | Y^, X) = E (1 - ||P xi_q||^2) = 1 - n/d for
   n < d (P projects on a uniformly random n-dimensional subspace, xi_q uniform on the sphere)
   and 0 for n >= d: n = 2: the mean over 2,000 prompts within Z SE of 0.6; n = 5, 8: every
-  prompt's variance below 1e-8 (float64; the sampler's K_+ has eigenvalues ~1e-16 where K^ is
-  singular). The issue's Fig 1 claim for linear labels rests on
-  this. Fails on a variance without the nu^T K^+ nu term, a K_+ that is not the sampler's
-  K(xi) (e.g. of x = Sigma^{1/2} xi: then the risk for n < d is not 1 - n/d), or sampler xi
-  not uniform on the sphere."""
+  prompt's variance below 1e-8 (float64; K^ has eigenvalues ~1e-16 where it is singular). The
+  issue's Fig 1 claim for linear labels (Bayes risk 1 - n/d, then 0) rests on this. Fails on a
+  variance without the nu^T K^+ nu term, or one that inverts K^'s ~1e-16 eigenvalues
+  carelessly."""
   n, var = N_VALUES[j], linear_risks[:, j]
   assert var.dtype == np.float64
   if n < D:

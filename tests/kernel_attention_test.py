@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_jax import estimators, kernels
+from icl_jax import estimators
 from icl_jax.models import kernel_attention as ka
 from icl_jax.prompts import Prompt
 from icl_jax.samplers import kernel_gp
@@ -118,39 +118,53 @@ def _padded(p, n_max, seed):
                 y_query=padded.y_query), mask
 
 
+_PARAMS4 = ka.Params(*(jnp.asarray(a, jnp.float32) for a in _params(3, 4, scale=0.3)))
+
+
+@jax.jit
+def _run4(prompt, mask, query_label):
+  """TF_0..TF_3 of the 4-head model (linear, relu, exp, softmax; A free; float32), with
+  `query_label` written into the query's label slot of Z_0 (eq. (1) has 0 there). The token
+  builder is swapped only while this traces (Lemma A.1's modified input); one compilation per
+  context length serves both tests below."""
+  tokens = ka._tokens
+  ka._tokens = lambda pr: tokens(pr).at[-1, -1].set(query_label)
+  try:
+    return ka.apply_layers(_PARAMS4, prompt, activations=ALL4, context_mask=mask)
+  finally:
+    ka._tokens = tokens
+
+
 def test_padded_prompt_gives_the_unpadded_prediction():
-  """A 4-head model (linear, relu, exp, softmax; A free; float32): a prompt with n = 5 padded to
-  n_max = 8 by pad_context gives the same TF_0..TF_3 as the unpadded prompt, and so does the
-  padded prompt with random garbage in the padded slots (rtol 1e-5: float32 sums in another
-  order). Fails if any head lets a padded slot act as a key/value (the softmax's normaliser
-  included) or reads the padded slots' contents."""
-  params = _jnp(_params(3, 4, scale=0.3), jnp.float32)
+  """The 4-head model: a prompt with n = 5 padded to n_max = 8 by pad_context gives the same
+  TF_0..TF_3 as the unpadded prompt, and so does the padded prompt with random garbage in the
+  padded slots (rtol 1e-5: float32 sums in another order). Fails if any head lets a padded slot
+  act as a key/value (the softmax's normaliser included) or reads the padded slots' contents."""
   p = _prompt()
-  run = jax.jit(lambda pr, cm: ka.apply_layers(params, pr, activations=ALL4, context_mask=cm))
-  base = np.asarray(run(_jnp(p, jnp.float32), None))
+  base = np.asarray(_run4(_jnp(p, jnp.float32), jnp.ones(N, bool), 0.0))
   zeros, mask = kernel_gp.pad_context(_jnp(p, jnp.float32), 8)
   garbage1, _ = _padded(p, 8, 1)
   garbage2, _ = _padded(p, 8, 2)
   for pr in (zeros, garbage1, garbage2):
-    np.testing.assert_allclose(run(pr, mask), base, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_run4(pr, mask, 0.0), base, rtol=1e-5, atol=1e-6)
   # Without the mask the garbage is read: the check above has teeth.
-  assert not np.allclose(run(garbage1, jnp.ones(8, bool)), base, rtol=1e-3)
+  assert not np.allclose(_run4(garbage1, jnp.ones(8, bool), 0.0), base, rtol=1e-3)
 
 
-def test_prediction_ignores_the_query_label_slot(monkeypatch):
+def test_prediction_ignores_the_query_label_slot():
   """Lemma A.1: with V = [[A, 0], [0, r]], putting c in the query's label slot of Z_0 (which
   eq. (1) sets to 0) shifts [Z_l]_{d+1, n+1} by exactly c at every layer and changes nothing
   else, because M keeps the query from acting as a value. So TF_l(c) - c = TF_l(0) for the
   4-head model, A free (float32, atol 1e-6), for l >= 1 (apply_layers reports TF_0 = 0 by
-  definition rather than reading Z_0). Fails if the query token acts as a key/value."""
-  params = _jnp(_params(3, 4, scale=0.3), jnp.float32)
+  definition rather than reading Z_0), with and without a context mask. Fails if the query
+  token acts as a key/value."""
   p = _jnp(_prompt(), jnp.float32)
-  base = np.asarray(ka.apply_layers(params, p, activations=ALL4))
-  tokens = ka._tokens
   c = 1.7
-  monkeypatch.setattr(ka, '_tokens', lambda pr: tokens(pr).at[-1, -1].set(c))
-  shifted = np.asarray(ka.apply_layers(params, p, activations=ALL4))
-  np.testing.assert_allclose(shifted[1:] - c, base[1:], atol=1e-6)
+  for mask in (jnp.ones(N, bool), jnp.asarray(MASK)):
+    base = np.asarray(_run4(p, mask, 0.0))
+    shifted = np.asarray(_run4(p, mask, c))
+    np.testing.assert_allclose(shifted[1:] - c, base[1:], atol=1e-6)
+    assert not np.allclose(shifted, base)
 
 
 def _np_gram(name, u, w, sigma=1.0):
@@ -187,21 +201,24 @@ _CONSTRUCTED_EXP = jax.jit(lambda b, prompt: ka.apply_layers(
 
 def test_construction_with_sigma_inv_sqrt_and_bandwidth():
   """B = C = Sigma^{-1/2} makes the exp head compute K(Sigma^{-1/2} x, Sigma^{-1/2} x') =
-  K(xi, xi') (Theorem 4.5's point, Example 7): on a K-GP prompt, TF_l = -f_l with the exp Gram
-  of the prompt's xi. B = C = I / sigma gives the bandwidth exp(<x, x'> / sigma^2). atol 1e-5
+  K(xi, xi') (Theorem 4.5's point, Example 7): on x = Sigma^{1/2} xi (xi on the sphere, Sigma =
+  U^T D U built in NumPy), TF_l = -f_l with the exp Gram of the xi. B = C = I / sigma gives the bandwidth exp(<x, x'> / sigma^2). atol 1e-5
   (float32). Fails if B and C enter as B^T, or the bandwidth as 1 / sigma."""
-  cov, kp = jax.jit(lambda k0, k1: (
-      kernel_gp.covariance(k0, (1.0, 0.25, 2.25)),
-      kernel_gp.sample(k1, n=6, cov=kernel_gp.covariance(k0, (1.0, 0.25, 2.25)),
-                       gram=kernels.gram_fn('exp'))))(jax.random.key(0), jax.random.key(1))
+  rng = np.random.default_rng(4)
+  u, _ = np.linalg.qr(rng.standard_normal((D, D)))
+  diag = np.array([1.0, 0.25, 2.25])
+  inv_sqrt = u.T @ np.diag(diag**-0.5) @ u                  # Sigma^{-1/2}, Sigma = U^T D U
+  xi = rng.standard_normal((7, D))
+  xi /= np.linalg.norm(xi, axis=1, keepdims=True)
+  x = xi @ (u.T @ np.diag(diag**0.5) @ u)                   # x = Sigma^{1/2} xi (rows)
+  prompt = _jnp(Prompt(x=x[:6], y=rng.standard_normal(6), x_query=x[6], y_query=np.float64(0.0)),
+                jnp.float32)
   sigma = 1.6
-  for b, pts, bw in ((cov.inv_sqrt, np.asarray(kp.xi), 1.0),
-                     (jnp.eye(D) / sigma,
-                      np.concatenate([kp.prompt.x, kp.prompt.x_query[None]]), sigma)):
-    tf = np.asarray(_CONSTRUCTED_EXP(b, kp.prompt))
+  for b, pts, bw in ((inv_sqrt, xi, 1.0), (np.eye(D) / sigma, x, sigma)):
+    tf = np.asarray(_CONSTRUCTED_EXP(jnp.asarray(b, jnp.float32), prompt))
     with jax.enable_x64(True):
       f = np.asarray(estimators.functional_gd(
-          jnp.asarray(_np_gram('exp', pts, pts[:6], bw)), jnp.asarray(kp.prompt.y, jnp.float64),
+          jnp.asarray(_np_gram('exp', pts, pts[:6], bw)), jnp.asarray(prompt.y, jnp.float64),
           jnp.asarray(STEPS)))
     np.testing.assert_allclose(tf, -f, atol=1e-5)
 
@@ -230,9 +247,9 @@ def test_gradient_wrt_a_is_exactly_zero_when_a_is_constrained():
   """free_a=False (Theorem 4.5's A_l = 0): d loss / d a is exactly 0 even with non-zero a in the
   params, while with free_a=True it is not (so the check has teeth); r, B, C get gradients
   either way. Fails if `apply` reads `a` when free_a=False."""
-  params = _jnp(_params(2, 2, scale=0.3), jnp.float32)
+  params = _jnp(_params(2, 1, scale=0.3), jnp.float32)
   p = _jnp(_prompt(), jnp.float32)
-  acts = ('relu', 'softmax')
+  acts = ('softmax',)
 
   @jax.jit
   def all_at_once(params, p):   # one compilation for every figure of this test

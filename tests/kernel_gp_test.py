@@ -32,10 +32,30 @@ def _mc_close(samples, expected, what):
   assert np.all(err <= bound), (what, mean, expected, se)
 
 
+OTHER_DIAG = (3.0, 0.5, 0.1, 1.0, 2.0)
+
+
 @pytest.fixture(scope='module')
-def haar_batch():
-  return np.asarray(jax.jit(jax.vmap(lambda k: kernel_gp.haar_orthogonal(k, D)))(
-      jax.random.split(jax.random.key(0), 20000)), np.float64)
+def basics():
+  """One program (each jitted sampler costs a compilation): 20,000 Haar matrices, 20,000
+  sphere points, Sigma for Appendix H.1's D (keys 1 and 4) and for OTHER_DIAG (key 2)."""
+
+  @jax.jit
+  def draw():
+    return dict(
+        haar=jax.vmap(lambda k: kernel_gp.haar_orthogonal(k, D))(
+            jax.random.split(jax.random.key(0), 20000)),
+        sphere=kernel_gp.sphere(jax.random.key(3), 20000, D),
+        paper=kernel_gp.covariance(jax.random.key(1)),
+        other=kernel_gp.covariance(jax.random.key(2), OTHER_DIAG),
+        cov=kernel_gp.covariance(jax.random.key(4)))
+
+  return draw()
+
+
+@pytest.fixture(scope='module')
+def haar_batch(basics):
+  return np.asarray(basics['haar'], np.float64)
 
 
 def test_haar_orthogonal_is_orthogonal(haar_batch):
@@ -60,17 +80,13 @@ def test_haar_orthogonal_moments(haar_batch):
   _mc_close(np.square(tr), 1.0, 'E (tr U)^2')
 
 
-_COVARIANCE = jax.jit(kernel_gp.covariance)   # D traced: one compilation for every D
-
-
-def test_covariance_roots_and_spectrum():
+def test_covariance_roots_and_spectrum(basics):
   """Sigma = U^T D U with D = Appendix H.1's diag(1, 1, 0.25, 2.25, 1): Sigma symmetric,
   sqrt^2 = Sigma, inv_sqrt Sigma inv_sqrt = I, eigenvalues = D (float64 eigvalsh; atol 1e-5:
   float32 products of O(1) matrices). Also for another D. Fails on sqrt built from D instead
   of sqrt(D), U and U^T swapped in one of the three (then they do not commute), or a D
   permuted against the roots."""
-  for diag, key in ((kernel_gp.PAPER_DIAG, 1), ((3.0, 0.5, 0.1, 1.0, 2.0), 2)):
-    cov = _COVARIANCE(jax.random.key(key), jnp.asarray(diag))
+  for diag, cov in ((kernel_gp.PAPER_DIAG, basics['paper']), (OTHER_DIAG, basics['other'])):
     s, r, ir = (np.asarray(a, np.float64) for a in cov)
     np.testing.assert_allclose(s, s.T, atol=1e-6)
     np.testing.assert_allclose(r @ r, s, atol=1e-5)
@@ -79,18 +95,13 @@ def test_covariance_roots_and_spectrum():
     np.testing.assert_allclose(np.linalg.eigvalsh(s), np.sort(diag), atol=1e-5)
     np.testing.assert_allclose(np.linalg.eigvalsh(r), np.sort(np.sqrt(diag)), atol=1e-5)
     assert not np.allclose(s, np.diag(np.diag(s)), atol=1e-2)   # U really rotates
-  # The same key gives the same Sigma (Appendix H.1: U fixed per seed).
-  d0 = jnp.asarray(kernel_gp.PAPER_DIAG)
-  np.testing.assert_array_equal(_COVARIANCE(jax.random.key(1), d0).sigma,
-                                _COVARIANCE(jax.random.key(1), d0).sigma)
 
 
-def test_sphere_points_have_unit_norm_and_isotropic_second_moment():
+def test_sphere_points_have_unit_norm_and_isotropic_second_moment(basics):
   """20,000 points: ||xi|| = 1 (rtol 1e-6) and E xi xi^T = I / d within Z SE entrywise. Fails
   on Gaussian (unnormalised) points, whose second moment is I, or on a normalisation over the
   wrong axis."""
-  xi = np.asarray(jax.jit(kernel_gp.sphere, static_argnums=(1, 2))(jax.random.key(3), 20000, D),
-                  np.float64)
+  xi = np.asarray(basics['sphere'], np.float64)
   assert xi.shape == (20000, D)
   np.testing.assert_allclose(np.linalg.norm(xi, axis=1), 1.0, rtol=1e-6)
   _mc_close(np.einsum('ni,nj->nij', xi, xi).reshape(len(xi), -1), (np.eye(D) / D).ravel(),
@@ -98,8 +109,8 @@ def test_sphere_points_have_unit_norm_and_isotropic_second_moment():
 
 
 @pytest.fixture(scope='module')
-def cov():
-  return _COVARIANCE(jax.random.key(4), jnp.asarray(kernel_gp.PAPER_DIAG))
+def cov(basics):
+  return basics['cov']
 
 
 N_EXP = 5      # context length of the exp-kernel batch
@@ -167,49 +178,55 @@ def _np_psd_part(k):
   return (v * np.abs(w)) @ v.T, w
 
 
-@jax.jit
-def _grams_and_parts(key):
-  """Sphere points, the linear / exp / relu Gram matrices and their K_+ (one compilation)."""
-  k8, k10 = jax.random.split(key)
-  xi8, xi10 = kernel_gp.sphere(k8, 8, D), kernel_gp.sphere(k10, 10, D)
-  grams = dict(linear=kernels.gram('linear', xi8), exp=kernels.gram('exp', xi8),
-               relu=kernels.gram('relu', xi10))
-  return grams, {name: kernel_gp.psd_part(k) for name, k in grams.items()}
+def _np_sphere(rng, num):
+  g = rng.standard_normal((num, D))
+  return g / np.linalg.norm(g, axis=1, keepdims=True)
 
 
-def test_psd_part_is_k_for_psd_kernels():
-  """Definition 3.3: K_+ = K when K is PSD: the linear Gram of 8 points in d = 5 (rank 5,
-  three zero eigenvalues) and the exp Gram. atol 1e-5 relative to max |K| (~e): float32 eigh.
+@pytest.fixture(scope='module')
+def grams_and_parts():
+  """Linear, exp and relu Gram matrices of 10 sphere points each (NumPy), and psd_part of each
+  (float32, one vmapped call)."""
+  rng = np.random.default_rng(6)
+  ips = [u @ u.T for u in (_np_sphere(rng, 10) for _ in range(3))]
+  grams = dict(linear=ips[0], exp=np.exp(ips[1]), relu=np.maximum(ips[2], 0.0))
+  stack = jnp.asarray(np.stack(list(grams.values())), jnp.float32)
+  parts = np.asarray(jax.jit(jax.vmap(kernel_gp.psd_part))(stack), np.float64)
+  return grams, dict(zip(grams, parts))
+
+
+def test_psd_part_is_k_for_psd_kernels(grams_and_parts):
+  """Definition 3.3: K_+ = K when K is PSD: the linear Gram of 10 points in d = 5 (rank 5,
+  five zero eigenvalues) and the exp Gram. atol 1e-5 relative to max |K| (~e): float32 eigh.
   Fails if K_+ squares or square-roots the eigenvalues, or drops small ones."""
-  grams, parts = _grams_and_parts(jax.random.key(6))
+  grams, parts = grams_and_parts
   for name in ('linear', 'exp'):
-    k = np.asarray(grams[name])
+    k = grams[name]
     np.testing.assert_allclose(parts[name], k, atol=1e-5 * np.abs(k).max())
 
 
-def test_psd_part_of_relu_kernel_is_the_absolute_value():
+def test_psd_part_of_relu_kernel_is_the_absolute_value(grams_and_parts):
   """The relu Gram is not PSD (this one has a negative eigenvalue, asserted so the test means
   something); K_+ = V |Lambda| V^T against NumPy float64: PSD, same eigenvectors (commutes
   with K), eigenvalues |lambda|. Fails on clipping negative eigenvalues to 0 (max(l, 0)) or
   on keeping K as is."""
-  grams, parts = _grams_and_parts(jax.random.key(6))
-  k = np.asarray(grams['relu'], np.float64)
+  grams, parts = grams_and_parts
+  k = grams['relu']
   want, w = _np_psd_part(k)
   assert w.min() < -1e-2, w
-  got = np.asarray(parts['relu'], np.float64)
+  got = parts['relu']
   np.testing.assert_allclose(got, want, atol=2e-5)
   np.testing.assert_allclose(np.linalg.eigvalsh(got), np.sort(np.abs(w)), atol=2e-5)
   np.testing.assert_allclose(got @ k, k @ got, atol=5e-5)
 
 
-def test_gaussian_labels_covariance_is_k_plus_for_fixed_x():
+def test_gaussian_labels_covariance_is_k_plus_for_fixed_x(grams_and_parts):
   """Fixed X (10 sphere points), relu kernel (K_+ != K): 40,000 label draws
   `gaussian_labels(key, K_+)`; the sample mean is 0 and the sample covariance equals K_+
   entrywise within Z SE (SE of y_i y_j from the draws themselves). Fails on labels drawn from
   K instead of K_+ (the negative eigenvalue's direction), a missing square root on the
   eigenvalues, or V^T in place of V."""
-  _, parts = _grams_and_parts(jax.random.key(6))
-  k_plus = parts['relu']
+  k_plus = jnp.asarray(grams_and_parts[1]['relu'], jnp.float32)
   y = np.asarray(jax.jit(jax.vmap(kernel_gp.gaussian_labels, in_axes=(0, None)))(
       jax.random.split(jax.random.key(9), 40000), k_plus), np.float64)
   _mc_close(y, np.zeros(10), 'E y')
