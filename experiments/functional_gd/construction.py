@@ -2,7 +2,8 @@
 gradient descent, and with a constant step it converges to the Bayes estimator. No training.
 
   python -m experiments.functional_gd.construction \
-      --config=experiments/functional_gd/configs/construction.py:quick --workdir=/tmp/fgd_construction
+      --config=experiments/functional_gd/configs/construction.py:quick \
+      --workdir=/tmp/fgd_construction
 
 Part 1, Prop 3.1 and Prop D.1(A), in float32. For each case, K-GP prompts (Definition 3.3,
 `kernel_gp.sample`) and the transformer of eq. (3)/(26) with A_l = 0, r_l^s = -r'_l (times alpha or
@@ -21,9 +22,9 @@ f_bayes - f_L = nu^T K^-1 (I - delta K^)^L Y^ exactly, so the error is a sum of 
 where K^ is singular: the linear kernel, rank d < n, converges to nu^T K^+ Y^); (b) per prompt, the
 rate fitted from the measured error over the layers where the closed form says the slowest mode
 dominates equals 1 - delta lambda_min (the smallest nonzero eigenvalue). The relative error left
-at the last layer is a metric (error_rms_last / bayes_rms). The relu kernel is not PSD: K_+ != K, so the GD fixed point nu^T K^-1 Y^
-is not the Bayes estimator (13) of K_+ (and K^'s negative eigenvalues make GD diverge slowly):
-reported as metrics, the gap the paper notes for Fig 2(a).
+at the last layer is a metric (error_rms_last / bayes_rms). The relu kernel is not PSD: K_+ != K,
+so the GD fixed point nu^T K^-1 Y^ is not the Bayes estimator (13) of K_+ (and K^'s negative
+eigenvalues make GD diverge slowly): reported as metrics, the gap the paper notes for Fig 2(a).
 """
 
 import jax
@@ -273,7 +274,8 @@ def fitted_rates(config, ev, name: str) -> dict:
   w = np.asarray(th[f'eig_{name}'], np.float64)
   coef = np.asarray(th[f'coef_{name}'], np.float64)
   grid = np.asarray(th[f'grid_{name}'], np.float64)
-  err = np.asarray(ev.measured[f'tf64_{name}'], np.float64) + np.asarray(th[f'bayes_{name}'])[:, None]
+  err = (np.asarray(ev.measured[f'tf64_{name}'], np.float64)
+         + np.asarray(th[f'bayes_{name}'])[:, None])
   live = coef != 0.0
   slow = np.argmax(live, axis=1)   # eigh sorts ascending: the smallest kept eigenvalue
   rows = np.arange(w.shape[0])

@@ -2,7 +2,8 @@
 the Bayes estimator (Prop 3.4, Prop D.1(B)) — Cheng, Chen & Sra (2024). No training.
 
   python -m experiments.functional_gd.construction \
-      --config=experiments/functional_gd/configs/construction.py:quick --workdir=/tmp/fgd_construction
+      --config=experiments/functional_gd/configs/construction.py:quick \
+      --workdir=/tmp/fgd_construction
 
 Runtime (results.json runtime_s; wall and CPU = user + sys and peak RSS from /usr/bin/time -v),
 2-core CPU shared with other jobs: see the numbers by each preset below.
