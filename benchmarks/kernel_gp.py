@@ -26,16 +26,21 @@ Ceiling: a jitted float32 2048 x 2048 matmul (GFLOP/s), measured before and afte
 bound by LAPACK's eigh on 31 x 31 matrices and gets no FLOP ratio). Peak RSS: of the training
 step's warm-up (VmHWM reset just before it) and of the sampler's at `--num_prompts`.
 
-BLAS threads: OpenBLAS (NumPy's, and through SciPy the LAPACK that jaxlib's CPU eigh calls) is
-limited to 1 thread unless OPENBLAS_NUM_THREADS is set: with its default threads a NumPy eigh of a
-31 x 31 matrix took 0.8-33 ms on this shared 2-core machine instead of ~0.16 ms, which would
-inflate the speedup for the wrong reason (see benchmarks/README.md).
+Diagnostics beside the library (not library code): the sampler with one eigh, linear labels
+with none (Y = Xi g), and the training step over chunks of `--chunk` prompts (lax.map).
 
-Timing: every jitted function is lowered and compiled first (compile time reported apart), run
-once as warm-up, then timed `--reps` times with `block_until_ready`; the best run is reported
-and the median shown beside it. The NumPy loops: best of `--reps` after one warm-up pass.
+BLAS threads: OpenBLAS (NumPy's copy, and SciPy's, whose LAPACK jaxlib's CPU eigh calls through
+scipy.linalg.cython_lapack) is limited to 1 thread unless OPENBLAS_NUM_THREADS is set: with its
+default threads a NumPy eigh of a 31 x 31 matrix took 0.8-33 ms on this shared 2-core machine
+instead of ~0.16 ms, which would inflate the speedup for the wrong reason (see
+benchmarks/README.md).
 
-  .venv/bin/python -m benchmarks.kernel_gp            # 30,000 prompts / batch 30,000
+Timing: every jitted function is lowered and compiled first (compile time reported apart); each
+path runs once as warm-up, then the JAX and NumPy paths of a comparison run one after the other,
+`--reps` rounds, so a busy spell on the shared machine hurts both alike; the best run is
+reported and the median shown beside it.
+
+  .venv/bin/python -m benchmarks.kernel_gp            # 30,000 prompts / batch 30,000, 5-6 min busy
   .venv/bin/python -m benchmarks.kernel_gp --quick    # small sizes, for the test
 
 The last line of stdout is one JSON object with the headline figures; see benchmarks/README.md.
@@ -43,7 +48,7 @@ The last line of stdout is one JSON object with the headline figures; see benchm
 
 import os
 
-# Before NumPy (and jaxlib's LAPACK, which is SciPy's OpenBLAS) is loaded; see the docstring.
+# Before NumPy and SciPy's OpenBLAS (jaxlib's LAPACK) are loaded; see the docstring.
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 import json  # noqa: E402
@@ -239,12 +244,14 @@ def sampler_peak_rss(cov, n: int, num_prompts: int) -> float:
 # --- (2) the training step ------------------------------------------------------------------------
 
 def make_train_batch(cov, n: int, batch: int) -> Prompt:
+  """The training batch: `batch` exp-kernel prompts from the library sampler."""
   gram = kernels.gram_fn(TRAIN_KERNEL)
   fn = jax.jit(jax.vmap(lambda k: kernel_gp.sample(k, n=n, cov=cov, gram=gram).prompt))
   return fn(jax.random.split(jax.random.key(3), batch))
 
 
 def _loss(params, batch: Prompt):
+  """The in-context loss (5) averaged over the batch, one softmax head."""
   return jnp.mean(jax.vmap(lambda p: ka.loss(params, p, activations=('softmax',)))(batch))
 
 

@@ -68,7 +68,8 @@ def _params(layers, heads, scale=0.4, seed=0, d=D):
 def _prompt(n=N, d=D, seed=1):
   rng = np.random.default_rng(seed)
   return Prompt(x=rng.standard_normal((n, d)) / np.sqrt(d), y=rng.standard_normal(n),
-                x_query=rng.standard_normal(d) / np.sqrt(d), y_query=np.float64(rng.standard_normal()))
+                x_query=rng.standard_normal(d) / np.sqrt(d),
+                y_query=np.float64(rng.standard_normal()))
 
 
 def _jnp(tree, dtype):
@@ -202,8 +203,9 @@ _CONSTRUCTED_EXP = jax.jit(lambda b, prompt: ka.apply_layers(
 def test_construction_with_sigma_inv_sqrt_and_bandwidth():
   """B = C = Sigma^{-1/2} makes the exp head compute K(Sigma^{-1/2} x, Sigma^{-1/2} x') =
   K(xi, xi') (Theorem 4.5's point, Example 7): on x = Sigma^{1/2} xi (xi on the sphere, Sigma =
-  U^T D U built in NumPy), TF_l = -f_l with the exp Gram of the xi. B = C = I / sigma gives the bandwidth exp(<x, x'> / sigma^2). atol 1e-5
-  (float32). Fails if B and C enter as B^T, or the bandwidth as 1 / sigma."""
+  U^T D U built in NumPy), TF_l = -f_l with the exp Gram of the xi. B = C = I / sigma gives the
+  bandwidth exp(<x, x'> / sigma^2). atol 1e-5 (float32). Fails if B and C enter as B^T, or the
+  bandwidth as 1 / sigma."""
   rng = np.random.default_rng(4)
   u, _ = np.linalg.qr(rng.standard_normal((D, D)))
   diag = np.array([1.0, 0.25, 2.25])
