@@ -84,10 +84,10 @@ KERNEL_GP_KEYS = {'benchmark', 'prompts_per_s', 'numpy_prompts_per_s', 'speedup'
                   'model_gflop_per_step', 'achieved_gflops', 'ratio_to_ceiling', 'peak_rss_mb',
                   'sampler_peak_rss_mb', 'num_prompts', 'numpy_prompts', 'batch', 'numpy_batch',
                   'd', 'n', 'layers'}
-# Timed in full runs only (the other label kernels and a diagnostic): null with --quick.
+# Timed in full runs only (the other label kernels and the diagnostics): null with --quick.
 KERNEL_GP_FULL_ONLY = {'prompts_per_s_linear', 'prompts_per_s_exp', 'numpy_prompts_per_s_linear',
                        'numpy_prompts_per_s_exp', 'linear_no_eigh_prompts_per_s',
-                       'chunked_s_per_step', 'chunked_peak_rss_mb'}
+                       'one_eigh_prompts_per_s', 'chunked_s_per_step', 'chunked_peak_rss_mb'}
 
 
 def test_kernel_gp_quick_prints_summary_json():
