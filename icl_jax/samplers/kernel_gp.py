@@ -91,8 +91,11 @@ def sample(key: jax.Array, *, n: int, cov: Covariance, gram: Callable[[jax.Array
   d = cov.sigma.shape[0]
   xi_TxD = sphere(k_xi, n + 1, d)
   x_TxD = xi_TxD @ cov.sqrt  # Sigma^{1/2} symmetric: rows x_i = Sigma^{1/2} xi_i
-  k_plus = psd_part(gram(xi_TxD))
-  y_T = gaussian_labels(k_y, k_plus)
+  # One eigendecomposition serves both: K_+ = V |L| V^T has K's eigenvectors, so Y = V sqrt|L| g
+  # is N(0, K_+) without factoring K_+ again (1.8-1.9x faster, benchmarks/kernel_gp.py).
+  lam, v = linalg.eigh(gram(xi_TxD))
+  k_plus = (v * jnp.abs(lam)[None, :]) @ v.T
+  y_T = v @ (jnp.sqrt(jnp.abs(lam)) * jax.random.normal(k_y, lam.shape))
   prompt = Prompt(x=x_TxD[:n], y=y_T[:n], x_query=x_TxD[n], y_query=y_T[n])
   return KernelPrompt(prompt, xi_TxD, k_plus)
 
