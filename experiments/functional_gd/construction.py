@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
+from absl import logging
 
 from experiments import common
 from experiments.functional_gd import fgd_common
@@ -201,6 +202,7 @@ def convergence_part(key, config, kw: dict) -> tuple[dict, dict]:
   deltas = {name: c.step_fraction / (n * kernel_max(name, kw)) for name in c.kernels}
   grids = {name: layer_grid(layers, c.grid_points) for name, layers in zip(c.kernels, c.layers)}
   with jax.enable_x64():
+    # Its own Sigma (U drawn in float64, so not part 1's): the claims hold for any Sigma.
     cov = _covariance64(jax.random.fold_in(key, 0), config.covariance_diag)
     kw64 = _as64(kw)
 
@@ -244,8 +246,12 @@ def measure(config, workdir):
   k_p1, k_p2 = jax.random.split(jax.random.fold_in(key, 1))
   cov = jax.tree.map(lambda a: a[0], fgd_common.covariances(config))
   kw = fgd_common.kernel_kwargs(config)
-  kw = {**kw, 'alpha': float(kw['alpha']), 'bandwidth': float(kw['bandwidth'])}
+  c1, c2 = config.construction, config.convergence
+  logging.info('part 1 (Prop 3.1, D.1(A), float32): %d prompts x %d layers, cases %s',
+               c1.num_prompts, c1.layers, ', '.join(c1.cases))
   m1, t1 = construction_part(k_p1, config, cov, kw)
+  logging.info('part 2 (Prop 3.4, D.1(B), float64): %d prompts, layers %s',
+               c2.num_prompts, ', '.join(f'{k} {l}' for k, l in zip(c2.kernels, c2.layers)))
   m2, t2 = convergence_part(k_p2, config, kw)
   return results.Evidence(measured={**m1, **m2}, theory={**t1, **t2}), None
 
