@@ -13,10 +13,11 @@ CPU shared with other jobs, cold compilation cache:
          layer-heads at ~3 us each.
   paper  not timed (4096 x 32 float32 prompt-layers; 256 prompts x 2 x 131072 composite layers).
 Claims measured at quick, seeds 0 / 1 / 2: Prop 3.1 max |-TF_l - f_l| (linear, relu, exp,
-composite, softmax) 0.5-2.5e-6 (tol 1e-5); App. C closed form 3.5e-15-3.7e-13 (tol 1e-9); rate
+composite, softmax) 0.4-2.5e-6 (tol 1e-5); App. C closed form 3.3e-15-3.7e-13 (tol 1e-9); rate
 max |lambda_eff / lambda_min - 1| linear 0.0033 / 0.0022 / 0.0023, exp 0.0022 / 0.0022 / 0.0021,
 composite 0.0082 / 0.0055 / 0.0082 over 5 / 8 / 8 prompts (tol 0.05). relu: the GD fixed point
-nu^T K^-1 Y^ is 2-7 (RMS) from the Bayes estimator of K_+ (RMS 0.8), the closest layer 0.27-0.51.
+nu^T K^-1 Y^ is 2.2-6.5 (RMS) from the Bayes estimator of K_+ (RMS 0.7-0.9), the closest layer
+0.28-0.33.
 """
 
 from ml_collections import config_dict
