@@ -91,11 +91,10 @@ def kernel_max(name: str, kw: dict) -> float:
 
 
 def construct(case: str, steps_L, inv_sqrt_DxD, kw: dict) -> ka.Params:
-  """Prop 3.1 / D.1(A) weights in the dtype of inv_sqrt: A = 0, r_l^s = -r'_l x (head weight),
-  B^s = C^s = G^s Sigma^{-1/2} / bandwidth (exp part) so that <B x_i, C x_j> is the kernel's
-  argument on xi. (`ka.construction` builds the same in float32 only.)"""
+  """Prop 3.1 / D.1(A) weights in the dtype of inv_sqrt (`ka.construction`): A = 0,
+  r_l^s = -r'_l x (head weight), B^s = C^s = G^s Sigma^{-1/2} / bandwidth (exp part) so that
+  <B x_i, C x_j> is the kernel's argument on xi."""
   dtype = inv_sqrt_DxD.dtype
-  d = inv_sqrt_DxD.shape[0]
   steps_L = jnp.asarray(steps_L, dtype)
   inv_bw = 1.0 / kw['bandwidth']
   if case == 'composite':
@@ -106,10 +105,8 @@ def construct(case: str, steps_L, inv_sqrt_DxD, kw: dict) -> ka.Params:
     scale = inv_bw if CASES[case][0] == 'exp' else 1.0
     b_HxDxD = (scale * inv_sqrt_DxD)[None]
     weights_H = jnp.ones((1,), dtype)
-  layers, heads = steps_L.shape[0], b_HxDxD.shape[0]
-  b = jnp.broadcast_to(b_HxDxD, (layers, heads, d, d))
-  return ka.Params(a=jnp.zeros((layers, heads, d, d), dtype),
-                   r=-steps_L[:, None] * weights_H[None, :], b=b, c=b)
+  return ka.construction(d=inv_sqrt_DxD.shape[0], steps=steps_L[:, None] * weights_H[None, :],
+                         heads=b_HxDxD.shape[0], b=b_HxDxD)
 
 
 def reference_matrix(case: str, xi_TxD, n: int, kw: dict):
@@ -125,17 +122,6 @@ def _sample(key, case_kernel: str, *, n: int, num: int, cov, kw: dict):
   gram = kernels.gram_fn(case_kernel, **kw)
   return jax.vmap(lambda k: kernel_gp.sample(k, n=n, cov=cov, gram=gram))(
       jax.random.split(key, num))
-
-
-def _covariance64(key, diag) -> kernel_gp.Covariance:
-  """`kernel_gp.covariance` in float64 (call under x64): it casts D to float32, so
-  Sigma^{-1/2} = U^T D^{-1/2} U carries ~1e-8 rounding (1 / 1.5), which would show in the
-  1e-9 closed-form comparison of part 2."""
-  u = kernel_gp.haar_orthogonal(key, len(diag))
-  diag = jnp.asarray(diag, jnp.float64)
-  with_diag = lambda v: u.T @ (v[:, None] * u)
-  return kernel_gp.Covariance(with_diag(diag), with_diag(jnp.sqrt(diag)),
-                              with_diag(1.0 / jnp.sqrt(diag)))
 
 
 # --- part 1: Prop 3.1 / D.1(A) in float32 -----------------------------------------------------
@@ -203,7 +189,7 @@ def convergence_part(key, config, kw: dict) -> tuple[dict, dict]:
   grids = {name: layer_grid(layers, c.grid_points) for name, layers in zip(c.kernels, c.layers)}
   with jax.enable_x64():
     # Its own Sigma (U drawn in float64, so not part 1's): the claims hold for any Sigma.
-    cov = _covariance64(jax.random.fold_in(key, 0), config.covariance_diag)
+    cov = kernel_gp.covariance(jax.random.fold_in(key, 0), config.covariance_diag)
     kw64 = _as64(kw)
 
     def closed_form(name, xi_TxD, y_N):

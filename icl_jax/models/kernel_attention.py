@@ -77,12 +77,13 @@ def construction(*, d: int, steps, heads: int = 1, b=None) -> Params:
     b: B = C per head, [H, d, d] or [d, d] shared (default I; Sigma^{-1/2} gives the kernel on
       xi = Sigma^{-1/2} x, Theorem 4.5's point; (1/sigma) I the exp kernel's bandwidth).
   """
-  steps = jnp.asarray(steps, jnp.float32)
+  steps = jnp.asarray(steps)
+  b = jnp.eye(d, dtype=steps.dtype) if b is None else jnp.asarray(b)
+  dtype = jnp.result_type(steps, b)   # float64 inputs stay float64 (closed-form comparisons)
   layers = steps.shape[0]
-  r = -jnp.broadcast_to(steps.reshape(layers, -1), (layers, heads))
-  b = jnp.eye(d) if b is None else jnp.asarray(b, jnp.float32)
-  b = jnp.broadcast_to(b, (layers, heads, d, d))
-  return Params(a=jnp.zeros((layers, heads, d, d)), r=r, b=b, c=b)
+  r = -jnp.broadcast_to(steps.reshape(layers, -1), (layers, heads)).astype(dtype)
+  b = jnp.broadcast_to(b.astype(dtype), (layers, heads, d, d))
+  return Params(a=jnp.zeros((layers, heads, d, d), dtype), r=r, b=b, c=b)
 
 
 def _layer(z_TxE, layer: Params, activations, key_mask_T, free_a: bool):

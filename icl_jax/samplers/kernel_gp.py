@@ -38,8 +38,9 @@ def haar_orthogonal(key: jax.Array, d: int) -> jax.Array:
 
 def covariance(key: jax.Array, diag=PAPER_DIAG) -> Covariance:
   """Sigma = U^T D U with U Haar-random (Appendix H.1); D = diag(diag), all entries > 0."""
-  diag = jnp.asarray(diag, jnp.float32)
-  u = haar_orthogonal(key, diag.shape[0])
+  # The default float dtype: float64 under jax.enable_x64, for closed-form comparisons.
+  diag = jnp.asarray(diag, jnp.result_type(float))
+  u = haar_orthogonal(key, diag.shape[0]).astype(diag.dtype)
   with_diag = lambda v: u.T @ (v[:, None] * u)
   return Covariance(with_diag(diag), with_diag(jnp.sqrt(diag)), with_diag(1.0 / jnp.sqrt(diag)))
 
