@@ -3,11 +3,14 @@
 EXPERIMENTS = {
     'trained_lsa': ['gradient_flow', 'prediction_error', 'distribution_shift',
                     'random_covariance', 'gpt2_covariate_shift'],
+    'functional_gd': ['construction', 'multihead'],
 }
 
 PAPERS = {
     'trained_lsa': 'Zhang, Frei & Bartlett, Trained Transformers Learn Linear Models In-Context '
                    '(arXiv 2306.09927, JMLR 2024)',
+    'functional_gd': 'Cheng, Chen & Sra, Transformers Implement Functional Gradient Descent to '
+                     'Learn Non-Linear Functions In Context (ICML 2024)',
 }
 
 
