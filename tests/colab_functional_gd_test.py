@@ -11,30 +11,20 @@ import sys
 
 import pytest
 
-from colab_test import _summary
+from colab_test import _summary, execute_notebook
 
 nbclient = pytest.importorskip('nbclient')
 nbformat = pytest.importorskip('nbformat')
 pytest.importorskip('ipykernel')
 
-_COLAB = pathlib.Path(__file__).resolve().parent.parent / 'colab'
-_NOTEBOOK = _COLAB / 'functional_gd.ipynb'
+_NOTEBOOK = pathlib.Path(__file__).resolve().parent.parent / 'colab' / 'functional_gd.ipynb'
 _SECTION_PLOTS = 3   # Prop 3.4 convergence, Fig 1 (small), Thm 4.5 distances
 
 
 @pytest.fixture(scope='module')
 def executed(tmp_path_factory):
   """The notebook executed once at smoke size (shared by the tests of this module)."""
-  nb = nbformat.read(_NOTEBOOK, as_version=4)
-  client = nbclient.NotebookClient(nb, kernel_name='python3', timeout=300,
-                                   resources={'metadata': {'path': str(_COLAB)}})
-  with pytest.MonkeyPatch.context() as mp:   # the kernel process inherits this environment
-    mp.setenv('ICL_JAX_NOTEBOOK_SIZE', 'smoke')
-    mp.setenv('JAX_NUMPY_RANK_PROMOTION', 'raise')
-    mp.setenv('JAX_PLATFORMS', 'cpu')
-    client.execute()   # raises CellExecutionError at the first failing cell
-  nbformat.write(nb, tmp_path_factory.mktemp('colab') / 'functional_gd.executed.ipynb')
-  return nb
+  return execute_notebook(_NOTEBOOK, tmp_path_factory)
 
 
 def test_notebook_is_clean_and_has_parameters_cell():

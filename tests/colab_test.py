@@ -40,10 +40,9 @@ def _summary(nb) -> dict:
   return json.loads(lines[0][len(_SUMMARY_PREFIX):])
 
 
-@pytest.fixture(scope='session')   # once per worker, even if other modules' tests interleave
-def executed(tmp_path_factory):
-  """The notebook executed once at smoke size (shared by the tests of this module)."""
-  nb = nbformat.read(_NOTEBOOK, as_version=4)
+def execute_notebook(path: pathlib.Path, tmp_path_factory):
+  """Executes a notebook of colab/ at smoke size in a fresh kernel; returns it with outputs."""
+  nb = nbformat.read(path, as_version=4)
   client = nbclient.NotebookClient(nb, kernel_name='python3', timeout=300,
                                    resources={'metadata': {'path': str(_COLAB)}})
   with pytest.MonkeyPatch.context() as mp:   # the kernel process inherits this environment
@@ -51,9 +50,15 @@ def executed(tmp_path_factory):
     mp.setenv('JAX_NUMPY_RANK_PROMOTION', 'raise')
     mp.setenv('JAX_PLATFORMS', 'cpu')
     client.execute()   # raises CellExecutionError at the first failing cell
-  # Keep a copy with outputs for inspection when a check below fails.
-  nbformat.write(nb, tmp_path_factory.mktemp('colab') / 'trained_lsa.executed.ipynb')
+  # Keep a copy with outputs for inspection when a check fails.
+  nbformat.write(nb, tmp_path_factory.mktemp('colab') / f'{path.stem}.executed.ipynb')
   return nb
+
+
+@pytest.fixture(scope='session')   # once per worker, even if other modules' tests interleave
+def executed(tmp_path_factory):
+  """The notebook executed once at smoke size (shared by the tests of this module)."""
+  return execute_notebook(_NOTEBOOK, tmp_path_factory)
 
 
 def test_notebook_is_clean_and_has_parameters_cell():
