@@ -7,8 +7,8 @@
 Runtime (/usr/bin/time -v; a 2-core CPU shared with 3-4 other jobs, load 4-10, so wall times are
 inflated 1.5-3x; an idle machine runs at about CPU time / 1.8):
   smoke  12-15 s CPU (of which ~7 s start-up and compilation), 0.58 GB peak RSS.
-  quick  188-230 s CPU (compilation ~20 s; 2400 steps of 18 models at 64 prompts), 0.70-0.72 GB;
-         idle wall ~105-130 s.
+  quick  188-230 s CPU (compilation ~20 s; 2400 steps of 18 models at 64 prompts), 0.58-0.72 GB;
+         idle wall ~105-130 s (seed 0: 221 s CPU, 331 s wall at load 10, 0.58 GB).
   paper  not run here (18 models x 30000 prompts x 20000 steps; sampled labels, Appendix H.1).
 
 How quick was reached (seed 0 unless stated; 'fraction' = of the 27 B^T C matrices with
