@@ -3,7 +3,7 @@
 EXPERIMENTS = {
     'trained_lsa': ['gradient_flow', 'prediction_error', 'distribution_shift',
                     'random_covariance', 'gpt2_covariate_shift'],
-    'functional_gd': ['construction', 'multihead'],
+    'functional_gd': ['construction', 'multihead', 'stationary_points'],
 }
 
 PAPERS = {

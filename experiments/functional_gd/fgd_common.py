@@ -151,7 +151,7 @@ def _pad(kp: kernel_gp.KernelPrompt, n: int, n_max: int) -> kernel_gp.KernelProm
   prompt = Prompt(x=jnp.pad(p.x, ((0, 0), (0, pad), (0, 0))), y=jnp.pad(p.y, ((0, 0), (0, pad))),
                   x_query=p.x_query, y_query=p.y_query)
   xi = jnp.concatenate([jnp.pad(kp.xi[:, :n], ((0, 0), (0, pad), (0, 0))), kp.xi[:, n:]], 1)
-  k = jnp.pad(kp.k_plus[:, :n, :n], ((0, 0), (0, pad), (0, pad)))
+  k = jnp.pad(kp.k_plus[:, :n, :n], ((0, 0), (0, pad + 1), (0, pad + 1)))  # [n_max + 1]^2
   k = k.at[:, :n, n_max].set(kp.k_plus[:, :n, n]).at[:, n_max, :n].set(kp.k_plus[:, n, :n])
   k = k.at[:, n_max, n_max].set(kp.k_plus[:, n, n])
   return kernel_gp.KernelPrompt(prompt, xi, k)
