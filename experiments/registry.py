@@ -3,7 +3,8 @@
 EXPERIMENTS = {
     'trained_lsa': ['gradient_flow', 'prediction_error', 'distribution_shift',
                     'random_covariance', 'gpt2_covariate_shift'],
-    'functional_gd': ['construction', 'multihead', 'stationary_points'],
+    'functional_gd': ['construction', 'loss_vs_context', 'loss_vs_layers', 'multihead',
+                      'stationary_points'],
 }
 
 PAPERS = {

@@ -303,6 +303,7 @@ BAD = [
     (LVL, {'layers_values': (2, 8)}, 'config.layers_values'),
     (LVL, {'layers_values': (1, 2)}, 'config.train.layers'),
     (LVL, {'n_values': (0,)}, 'config.n_values'),
+    (LVL, {'by_activation.exp.free_a': None}, 'config.by_activation.exp.free_a'),
 ]
 
 

@@ -136,24 +136,34 @@ def test_every_claim_is_covered_by_a_case(smoke_run):
 
 
 BAD_INPUTS = [
-    (['--config.kernels=("linear", "gauss")'], 'config.kernels'),
-    (['--config.activations=("linear", "tanh")'], 'config.activations'),
-    (['--config.n=0'], 'config.n'),
-    (['--config.train.batch_size=-1'], 'config.train.batch_size'),
+    ({'kernels': ('linear', 'gauss')}, 'config.kernels'),
+    ({'activations': ('linear', 'tanh')}, 'config.activations'),
+    ({'n': 0}, 'config.n'),
+    ({'train.batch_size': -1}, 'config.train.batch_size'),
 ]
 
 
 @pytest.mark.parametrize('overrides,field', BAD_INPUTS)
-def test_bad_input_stops_with_one_line_and_touches_nothing(overrides, field, tmp_path):
-  """Fails if bad input starts work, exits other than 2, or touches an earlier result."""
+def test_validate_names_the_field(overrides, field):
+  """Fails if validate accepts the bad value or its message does not name the field."""
+  config = importlib.import_module('experiments.functional_gd.configs.stationary_points'
+                                   ).get_config('smoke')
+  config.update_from_flattened_dict(overrides)
+  with pytest.raises(sp.common.ConfigError, match=field.replace('.', r'\.')):
+    sp.validate(config)
+
+
+def test_bad_input_stops_with_one_line_and_touches_nothing(tmp_path):
+  """Fails if bad input starts work, exits other than 2, or touches an earlier result (one
+  subprocess: the other fields are checked on validate above, through the same code path)."""
   earlier = tmp_path / 'results.json'
   earlier.write_text(json.dumps({'experiment': APP, 'marker': 'earlier'}))
   before = earlier.read_bytes()
-  proc = subprocess.run(app_cmd(APP, tmp_path, *overrides), cwd=ROOT, env=app_env(),
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(app_cmd(APP, tmp_path, '--config.kernels=("linear", "gauss")'),
+                        cwd=ROOT, env=app_env(), capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
-  assert len(lines) == 1 and field in lines[0], proc.stderr[-2000:]
+  assert len(lines) == 1 and 'config.kernels' in lines[0], proc.stderr[-2000:]
   assert earlier.read_bytes() == before
   assert sorted(os.listdir(tmp_path)) == ['results.json']
 

@@ -60,17 +60,26 @@ def validate_subset(config, field: str, of_field: str) -> None:
 
 
 OPTIMIZER_FIELDS = ('lr', 'clip', 'init_scale', 'batch_size', 'steps')
+# Beside the optimiser: free_a (bool), whether A_l is trained (Appendix H.1) or held at 0 (the
+# value matrix of Proposition 3.1 / Theorem 4.5).
+ACTIVATION_FIELDS = OPTIMIZER_FIELDS + ('free_a',)
 
 
 def validate_by_activation(config, activations: Sequence[str]) -> None:
-  """config.by_activation gives lr, clip, init_scale, batch_size and steps per activation."""
+  """config.by_activation gives lr, clip, init_scale, batch_size, steps and free_a per
+  activation."""
   for act in activations:
     if act not in config.by_activation:
       raise common.ConfigError(f'config.by_activation has no entry for activation {act!r}; '
                                f'it has {", ".join(config.by_activation)}')
-    for field in OPTIMIZER_FIELDS:
+    for field in ACTIVATION_FIELDS:
       if field not in config.by_activation[act]:
-        raise common.ConfigError(f'config.by_activation.{act} needs {", ".join(OPTIMIZER_FIELDS)}')
+        raise common.ConfigError(
+            f'config.by_activation.{act} needs {", ".join(ACTIVATION_FIELDS)}')
+    if not isinstance(config.by_activation[act].free_a, bool):
+      raise common.ConfigError(f'config.by_activation.{act}.free_a='
+                               f'{config.by_activation[act].free_a!r}: must be True or False')
+    for field in OPTIMIZER_FIELDS:
       check = common.positive_int if field in ('batch_size', 'steps') else common.positive_float
       check(config, f'by_activation.{act}.{field}')
 
@@ -169,8 +178,8 @@ def _bayes_pred_var(kp, ctx_masks, kernel_idx, gram):
 
 def evaluate_activations(key: jax.Array, params: Sequence[ka.Params], specs: Sequence[fc.Spec],
                          covs, *, activations: Sequence[str], kernel_kw: dict, num_prompts: int,
-                         chunk: int, gap_clip: float = np.inf, free_a: bool = True,
-                         layers_per_model=None) -> Scores:
+                         chunk: int, gap_clip: float = np.inf,
+                         free_a: Sequence[bool] | bool = True, layers_per_model=None) -> Scores:
   """`fgd_common.evaluate` for one grid per activation, on one set of test prompts.
 
   The same K-GP prompts (chunk c from fold_in(key, c), model m's from fold_in(., m): as in
@@ -188,12 +197,14 @@ def evaluate_activations(key: jax.Array, params: Sequence[ka.Params], specs: Seq
     params: one grid (leading model axis M) per activation.
     activations: [A] one single-head activation per grid.
     gap_clip: the cap on loss_a in the comparisons.
+    free_a: per activation (or one for all): whether its grid was trained with A_l free.
     layers_per_model: as in fc.train_grid.
   """
   if num_prompts % chunk:
     raise ValueError(f'num_prompts={num_prompts} must be a multiple of chunk={chunk}')
   activations = tuple(activations)
   num_act, num_models = len(activations), len(specs)
+  free_a = (free_a,) * num_act if isinstance(free_a, bool) else tuple(free_a)
   layers_max = params[0].r.shape[1]
   lmasks = fc.layer_masks(layers_per_model or [layers_max] * num_models, layers_max)
   names = sorted({s.kernel for s in specs})
@@ -204,8 +215,8 @@ def evaluate_activations(key: jax.Array, params: Sequence[ka.Params], specs: Seq
     kp, cmask = fc.sample_grid(jax.random.fold_in(key, c), specs, covs, batch=chunk,
                                kernel_kw=kernel_kw)
     loss_AxMxB = jnp.stack([
-        fc.model_losses(p, kp.prompt, cmask, lmasks, activations=(a,), free_a=free_a)
-        for p, a in zip(params, activations)]).astype(jnp.float64)
+        fc.model_losses(p, kp.prompt, cmask, lmasks, activations=(a,), free_a=fa)
+        for p, a, fa in zip(params, activations, free_a)]).astype(jnp.float64)
     kw64 = {k: (v.astype(jnp.float64) if hasattr(v, 'astype') else v)
             for k, v in kernel_kw.items()}
     pred_MxB, bayes_MxB = _bayes_pred_var(kp, cmask, kernel_idx, fc._gram_switch(names, kw64))
@@ -238,6 +249,11 @@ def seed_average(mean: np.ndarray, se: np.ndarray, num_seeds: int):
   return mean.mean(-1), np.sqrt(np.sum(se**2, -1)) / num_seeds
 
 
+def free_a_of(config) -> tuple:
+  """Per activation: whether its A_l is trained (config.by_activation.<act>.free_a)."""
+  return tuple(config.by_activation[a].free_a for a in config.activations)
+
+
 def train_all(config, workdir: str, specs, covs, *, layers_per_model=None):
   """One grid per activation, each one program (fc.train_grid), all from the same key: every
   activation sees the same initial draws and training prompts.
@@ -256,6 +272,7 @@ def train_all(config, workdir: str, specs, covs, *, layers_per_model=None):
   params, losses, diverged, lrs, tries = [], [], [], [], []
   for act in config.activations:
     tc = train_config(config, act)
+    free_a = config.by_activation[act].free_a
     for attempt in range(config.train.retries + 1):
       with tc.unlocked():
         tc.lr = config.by_activation[act].lr * config.train.retry_lr_factor**attempt
@@ -263,7 +280,7 @@ def train_all(config, workdir: str, specs, covs, *, layers_per_model=None):
       try:
         p, h = fc.train_grid(key, specs, covs, activations=(act,), tc=tc,
                              kernel_kw=fc.kernel_kwargs(config), workdir=workdir, name=name,
-                             free_a=True, layers_per_model=layers_per_model)
+                             free_a=free_a, layers_per_model=layers_per_model)
         loss, failed = h.loss, 0
         break
       except FloatingPointError as e:
@@ -273,7 +290,7 @@ def train_all(config, workdir: str, specs, covs, *, layers_per_model=None):
       logging.warning('%s attention: every try diverged; its losses are reported as nan', act)
       shape = jax.eval_shape(lambda k: fc.init_grid(
           k, len(specs), d=config.d, layers=tc.layers, heads=1, scale=tc.init_scale,
-          free_a=True), key)
+          free_a=free_a), key)
       p = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shape)
       loss = np.full(tc.steps, np.nan)
     params.append(p)
@@ -299,7 +316,7 @@ def measure(config, workdir):
   sc = evaluate_activations(jax.random.fold_in(common.jax_key(config), 2), params, specs, covs,
                             activations=config.activations, kernel_kw=fc.kernel_kwargs(config),
                             num_prompts=config.eval.num_prompts, chunk=config.eval.chunk,
-                            gap_clip=config.eval.gap_clip)
+                            gap_clip=config.eval.gap_clip, free_a=free_a_of(config))
   shape = (len(config.kernels), len(config.n_values))
   s = config.num_seeds
   avg = lambda m, e, lead=(): tuple(x.reshape(lead + shape) for x in seed_average(m, e, s))

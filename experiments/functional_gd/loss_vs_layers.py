@@ -7,8 +7,10 @@ approaches the Bayes estimator as layers are added).
 
 For each activation, one program trains a model per (label kernel, n, L, seed)
 (`fgd_common.train_grid` with layers_per_model: a model with L < L_max runs its extra layers as
-identities), A_l free (Appendix H.1). All activations are then scored on the same fresh test
-prompts beside the Bayes risk given X (`loss_vs_context.evaluate_activations`).
+identities), A_l free (Appendix H.1) or held at 0 per activation (by_activation.<act>.free_a:
+quick holds h~_exp's A_l at 0, the class of Proposition 3.4; see the config). All activations
+are then scored on the same fresh test prompts beside the Bayes risk given X
+(`loss_vs_context.evaluate_activations`).
 
 Claims (tolerances in the config): every activation's grid trains to the end with finite
 losses; the Bayes estimator errs on the test labels by its predicted risk; every trained loss is
@@ -70,7 +72,8 @@ def measure(config, workdir):
                                 covs, activations=config.activations,
                                 kernel_kw=fc.kernel_kwargs(config),
                                 num_prompts=config.eval.num_prompts, chunk=config.eval.chunk,
-                                gap_clip=config.eval.gap_clip, layers_per_model=layers)
+                                gap_clip=config.eval.gap_clip, free_a=lvc.free_a_of(config),
+                                layers_per_model=layers)
   shape = (len(config.kernels), len(config.n_values), len(config.layers_values))
   a = (len(config.activations),)
 

@@ -23,23 +23,12 @@ nu^T K^-1 Y^ is 2.2-6.5 (RMS) from the Bayes estimator of K_+ (RMS 0.7-0.9), the
 from ml_collections import config_dict
 
 from experiments import common
-from icl_jax.samplers import kernel_gp
+from experiments.functional_gd.configs import problem
 
 
 def _base():
-  config = common.base_config()
-  config.d = 5                                   # covariate dimension d (Appendix H.1)
+  config = problem.base()                        # d, Sigma, kernel parameters (Appendix H.1)
   config.n = 14                                  # context length n (Figs 2 and 4 use 14)
-  config.covariance_diag = kernel_gp.PAPER_DIAG  # D of Sigma = U^T D U (Appendix H.1)
-  config.num_seeds = 1                           # one Sigma per run; config.seed draws its U
-  # Label kernels (eq. (11), App. D). The composite is Fig 4(c)'s with the issue's G2 and
-  # bandwidth 1 (the paper's text has exp(<G2 u, G2 w> / 2), i.e. bandwidth^2 = 2).
-  config.kernel = config_dict.ConfigDict({
-      'bandwidth': 1.0,                  # sigma of K_exp(u, w) = exp(<u, w> / sigma^2)
-      'alpha': 0.5,                      # composite: alpha K_lin(G1 .) + (1 - alpha) K_exp(G2 .)
-      'g1': (1.0, 1.0, 0.0, 0.0, 0.0),   # diagonal of G1
-      'g2': (0.0, 0.0, 1.0, 1.0, 1.0),   # diagonal of G2
-  })
   # Prop 3.1 / D.1(A) in float32: each case's transformer (A = 0, r_l = -r'_l, B = C =
   # Sigma^{-1/2} scaled as the kernel needs) against functional GD (9) (or (10) for softmax)
   # computed in float64 from xi, over `layers` layers with step sizes r'_l drawn uniformly in

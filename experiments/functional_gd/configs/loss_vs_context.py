@@ -43,22 +43,13 @@ shared, load 3-9, so wall times are inflated; idle wall ~ CPU / 1.8):
 from ml_collections import config_dict
 
 from experiments import common
-from icl_jax.samplers import kernel_gp
+from experiments.functional_gd.configs import problem
 
 ACTIVATIONS = ('linear', 'relu', 'exp', 'softmax')
 
 
 def _base():
-  config = common.base_config()
-  config.d = 5                                      # covariate dimension d (Appendix H.1)
-  config.num_seeds = 1                              # Sigma = U^T D U per seed (config.seed picks U)
-  config.covariance_diag = kernel_gp.PAPER_DIAG     # D of Appendix H.1
-  config.kernel = config_dict.ConfigDict({
-      'bandwidth': 1.0,                  # K_exp(u, w) = exp(<u, w> / bandwidth^2), eq. (11)
-      'alpha': 0.5,                      # composite kernel (unused here; validate_problem)
-      'g1': (1.0, 1.0, 0.0, 0.0, 0.0),
-      'g2': (0.0, 0.0, 1.0, 1.0, 1.0),
-  })
+  config = problem.base()                           # d, Sigma, kernel parameters (Appendix H.1)
   config.kernels = ('linear', 'relu', 'exp')    # label kernels K of eq. (11)
   config.activations = ACTIVATIONS              # attention h~ of eq. (12)
   config.n_values = (2, 6, 10, 14)              # context lengths n
@@ -73,10 +64,14 @@ def _base():
   # Per activation: Adam step lr, global-norm clip per model, N(0, init_scale^2) initial entries
   # of A, r, B, C, prompts per model per step, steps (see the module docstring).
   config.by_activation = config_dict.ConfigDict({
-      'linear': {'lr': 0.01, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 512, 'steps': 250},
-      'relu': {'lr': 0.01, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 512, 'steps': 250},
-      'exp': {'lr': 0.003, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 1024, 'steps': 150},
-      'softmax': {'lr': 0.01, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 512, 'steps': 250},
+      'linear': {'lr': 0.01, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 512,
+              'steps': 250, 'free_a': True},
+      'relu': {'lr': 0.01, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 512,
+              'steps': 250, 'free_a': True},
+      'exp': {'lr': 0.003, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 1024,
+              'steps': 150, 'free_a': True},
+      'softmax': {'lr': 0.01, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 512,
+              'steps': 250, 'free_a': True},
   })
   config.eval = config_dict.ConfigDict({
       'num_prompts': 8000,       # fresh test prompts per model (the same for every activation)
@@ -108,8 +103,7 @@ def _base():
 
 
 def _each(acts=ACTIVATIONS, **fields):
-  """Overrides of by_activation.<act>.<field> for every activation."""
-  return {f'by_activation.{a}.{f}': v for a in acts for f, v in fields.items()}
+  return problem.each(acts, **fields)
 
 
 _PRESETS = {

@@ -52,21 +52,12 @@ others still falling in the figures). fall_ratio 0.2: 'falls at least 5-fold' (m
 from ml_collections import config_dict
 
 from experiments import common
-from icl_jax.samplers import kernel_gp
+from experiments.functional_gd.configs import problem
 
 
 def _base():
-  config = common.base_config()
-  config.d = 5                                      # covariate dimension d (Appendix H.1)
+  config = problem.base()                           # d, Sigma, kernel parameters (Appendix H.1)
   config.n = 30                                     # context length n (Appendices H.2, H.3)
-  config.num_seeds = 1                              # Sigma = U^T D U per seed (config.seed picks U)
-  config.covariance_diag = kernel_gp.PAPER_DIAG     # D of Appendix H.1
-  config.kernel = config_dict.ConfigDict({
-      'bandwidth': 1.0,                  # K_exp(u, w) = exp(<u, w> / bandwidth^2), eq. (11)
-      'alpha': 0.5,                      # composite kernel (unused here; validate_problem)
-      'g1': (1.0, 1.0, 0.0, 0.0, 0.0),
-      'g2': (0.0, 0.0, 1.0, 1.0, 1.0),
-  })
   config.kernels = ('linear', 'relu', 'exp')          # label kernels K of eq. (11)
   # Attention h~ of eq. (12): Appendix H.1 trains linear, ReLU and softmax transformers, and
   # Figs 5 and 6 have 9 panels each: 3 kernels x these 3.
