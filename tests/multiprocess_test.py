@@ -1,7 +1,8 @@
 """Two JAX processes on this machine, as on a pod: jax.distributed on localhost, CPU collectives.
 
 Each process gets JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo and JAX_NUM_CPU_DEVICES=2 (4 global
-devices) and no XLA_FLAGS (conftest forces 8 devices on the test process itself). Checks:
+devices) and conftest's COMPILE_FLAGS as its only XLA_FLAGS (conftest forces 8 devices on the
+test process itself). Checks:
 an app's smoke preset run as two processes into one workdir matches the one-process run, and
 `training.fit` checkpoints and resumes through orbax's multi-process path.
 
@@ -31,8 +32,9 @@ def _free_port() -> int:
 
 
 def _env() -> dict:
+  from conftest import COMPILE_FLAGS  # noqa: PLC0415  (the test process's; not in the worker)
   env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
+  env['XLA_FLAGS'] = COMPILE_FLAGS   # as the test process compiles: results compared bitwise
   env.update(PYTHONPATH=ROOT, JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo', JAX_NUM_CPU_DEVICES='2',
              JAX_PLATFORMS='cpu')
   return env
