@@ -254,8 +254,10 @@ class Evaluation(NamedTuple):
   excess_se: np.ndarray
 
 
-def _bayes_vars(kp: kernel_gp.KernelPrompt, ctx_masks, kernel_idx, gram) -> jax.Array:
-  """[M, B] Bayes risks given X of padded prompts: K_+ recomputed in float64 from xi.
+def bayes_pred_var(kp: kernel_gp.KernelPrompt, ctx_masks, kernel_idx, gram
+                   ) -> tuple[jax.Array, jax.Array]:
+  """[M, B] Bayes predictions (13) and risks given X (conditional variances, eq. (25)) of
+  padded prompts: K_+ recomputed in float64 from xi.
 
   The caller enables x64. The Gram of the padded points is zeroed on the padded rows and
   columns before taking K_+ (K_+ of a block-diagonal matrix is that of its blocks, so the
@@ -270,7 +272,7 @@ def _bayes_vars(kp: kernel_gp.KernelPrompt, ctx_masks, kernel_idx, gram) -> jax.
     def one(xi_TxD, y_N):
       k = jnp.where(both, gram(ki, xi_TxD.astype(jnp.float64)), 0.0)
       k = kernel_gp.psd_part(k) + jnp.diag(jnp.where(tmask, 0.0, 1.0))
-      return estimators.bayes(k, jnp.where(ctx_N, y_N.astype(jnp.float64), 0.0))[1]
+      return estimators.bayes(k, jnp.where(ctx_N, y_N.astype(jnp.float64), 0.0))
 
     return jax.vmap(one)(xi_BxTxD, y_BxN)
 
@@ -302,7 +304,7 @@ def evaluate(key: jax.Array, params: ka.Params, specs: Sequence[Spec], covs, *,
                         free_a=free_a).astype(jnp.float64)
     kw64 = {k: (v.astype(jnp.float64) if hasattr(v, 'astype') else v)
             for k, v in kernel_kw.items()}
-    bayes = _bayes_vars(kp, cmask, kernel_idx, _gram_switch(names, kw64))
+    bayes = bayes_pred_var(kp, cmask, kernel_idx, _gram_switch(names, kw64))[1]
     stats = lambda v: jnp.stack([jnp.sum(v, 1), jnp.sum(v * v, 1)])
     return jnp.stack([stats(loss), stats(bayes), stats(loss - bayes)])
 

@@ -33,9 +33,8 @@ from ml_collections import config_dict
 
 from experiments import common
 from experiments.functional_gd import fgd_common as fc
-from icl_jax import estimators, plotting, results
+from icl_jax import plotting, results
 from icl_jax.models import kernel_attention as ka
-from icl_jax.samplers import kernel_gp
 
 EXPERIMENT = 'functional_gd/loss_vs_context'
 
@@ -155,27 +154,6 @@ class Scores(NamedTuple):
   bayes_check_se: np.ndarray
 
 
-def _bayes_pred_var(kp, ctx_masks, kernel_idx, gram):
-  """[M, B] (prediction, conditional variance) of the Bayes estimator on padded prompts.
-
-  `fc._bayes_vars` with the prediction kept (K_+ recomputed in float64 from xi, padded rows
-  decoupled): the same computation, so the two agree to rounding.
-  """
-
-  def per_model(xi_BxTxD, y_BxN, ctx_N, ki):
-    tmask = jnp.concatenate([ctx_N, jnp.ones((1,), bool)])
-    both = tmask[:, None] & tmask[None, :]
-
-    def one(xi_TxD, y_N):
-      k = jnp.where(both, gram(ki, xi_TxD.astype(jnp.float64)), 0.0)
-      k = kernel_gp.psd_part(k) + jnp.diag(jnp.where(tmask, 0.0, 1.0))
-      return estimators.bayes(k, jnp.where(ctx_N, y_N.astype(jnp.float64), 0.0))
-
-    return jax.vmap(one)(xi_BxTxD, y_BxN)
-
-  return jax.vmap(per_model)(kp.xi, kp.prompt.y, ctx_masks, kernel_idx)
-
-
 def evaluate_activations(key: jax.Array, params: Sequence[ka.Params], specs: Sequence[fc.Spec],
                          covs, *, activations: Sequence[str], kernel_kw: dict, num_prompts: int,
                          chunk: int, gap_clip: float = np.inf,
@@ -219,7 +197,8 @@ def evaluate_activations(key: jax.Array, params: Sequence[ka.Params], specs: Seq
         for p, a, fa in zip(params, activations, free_a)]).astype(jnp.float64)
     kw64 = {k: (v.astype(jnp.float64) if hasattr(v, 'astype') else v)
             for k, v in kernel_kw.items()}
-    pred_MxB, bayes_MxB = _bayes_pred_var(kp, cmask, kernel_idx, fc._gram_switch(names, kw64))
+    pred_MxB, bayes_MxB = fc.bayes_pred_var(kp, cmask, kernel_idx,
+                                            fc._gram_switch(names, kw64))
     sqerr_MxB = jnp.square(pred_MxB - kp.prompt.y_query.astype(jnp.float64))
     capped = jnp.minimum(loss_AxMxB, gap_clip)
     diff = (capped[:, None] - loss_AxMxB[None]).reshape(num_act * num_act, num_models, -1)
@@ -439,6 +418,14 @@ def check(config, ev):
   return claims, met
 
 
+def train_loss_figure(activations: Sequence[str], losses: Sequence[np.ndarray]):
+  """Each activation's training curve (the sum of its grid's minibatch losses) against step."""
+  return plotting.curves(None, dict(zip(activations, losses)),
+                         xs={a: np.arange(1, len(t) + 1) for a, t in zip(activations, losses)},
+                         xlabel='step', ylabel='sum of the grid\'s minibatch losses', logy=True,
+                         title='training (one program per activation)')
+
+
 def log_panels(x, curves: dict, ses: dict, floor: float, **kwargs):
   """plotting.panels on a log scale, as the paper's figures: values at or below `floor` (a
   Bayes risk that is 0 up to rounding) are not drawn, and the +-2 stderr bands stop at half the
@@ -485,12 +472,7 @@ def run(config, workdir) -> results.Run:
   if 'linear' in config.kernels:
     arrays['bayes_loss_linear_closed_form'] = evidence.theory['bayes_linear']
   figures = {'figure1.png': _figure(config, mv['loss'], mv['loss_se'], mv['bayes']),
-             'train_loss.png': plotting.curves(
-                 None, dict(zip(config.activations, aux['train_losses'])),
-                 xs={a: np.arange(1, len(t) + 1)
-                     for a, t in zip(config.activations, aux['train_losses'])},
-                 xlabel='step', ylabel='sum of the grid\'s minibatch losses', logy=True,
-                 title='training (one program per activation)')}
+             'train_loss.png': train_loss_figure(config.activations, aux['train_losses'])}
   return results.Run(metrics=met, claims=claims, arrays=arrays, figures=figures,
                      evidence=evidence)
 

@@ -27,7 +27,7 @@ import numpy as np
 from experiments import common
 from experiments.functional_gd import fgd_common as fc
 from experiments.functional_gd import loss_vs_context as lvc
-from icl_jax import plotting, results
+from icl_jax import results
 
 EXPERIMENT = 'functional_gd/loss_vs_layers'
 
@@ -185,12 +185,7 @@ def run(config, workdir) -> results.Run:
   for a, act in enumerate(config.activations):
     arrays[f'train_loss_{act}'] = aux['train_losses'][a]
   figures = {'figure2.png': _figure(config, mv['loss'], mv['loss_se'], mv['bayes']),
-             'train_loss.png': plotting.curves(
-                 None, dict(zip(config.activations, aux['train_losses'])),
-                 xs={a: np.arange(1, len(t) + 1)
-                     for a, t in zip(config.activations, aux['train_losses'])},
-                 xlabel='step', ylabel='sum of the grid\'s minibatch losses', logy=True,
-                 title='training (one program per activation)')}
+             'train_loss.png': lvc.train_loss_figure(config.activations, aux['train_losses'])}
   return results.Run(metrics=met, claims=claims, arrays=arrays, figures=figures,
                      evidence=evidence)
 

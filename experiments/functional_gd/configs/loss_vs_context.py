@@ -65,13 +65,13 @@ def _base():
   # of A, r, B, C, prompts per model per step, steps (see the module docstring).
   config.by_activation = config_dict.ConfigDict({
       'linear': {'lr': 0.01, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 512,
-              'steps': 250, 'free_a': True},
+                  'steps': 250, 'free_a': True},
       'relu': {'lr': 0.01, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 512,
-              'steps': 250, 'free_a': True},
+                  'steps': 250, 'free_a': True},
       'exp': {'lr': 0.003, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 1024,
-              'steps': 150, 'free_a': True},
+                  'steps': 150, 'free_a': True},
       'softmax': {'lr': 0.01, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 512,
-              'steps': 250, 'free_a': True},
+                  'steps': 250, 'free_a': True},
   })
   config.eval = config_dict.ConfigDict({
       'num_prompts': 8000,       # fresh test prompts per model (the same for every activation)

@@ -66,14 +66,14 @@ def _base():
   # of A, r, B, C, prompts per model per step, steps.
   config.by_activation = config_dict.ConfigDict({
       'linear': {'lr': 0.005, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 512,
-              'steps': 150, 'free_a': True},
+                  'steps': 150, 'free_a': True},
       'relu': {'lr': 0.005, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 512,
-              'steps': 150, 'free_a': True},
+                  'steps': 150, 'free_a': True},
       # A_l = 0 (see the module docstring): Prop 3.4's construction class.
       'exp': {'lr': 0.005, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 512,
-              'steps': 150, 'free_a': False},
+                  'steps': 150, 'free_a': False},
       'softmax': {'lr': 0.005, 'clip': 0.1, 'init_scale': 0.1, 'batch_size': 512,
-              'steps': 150, 'free_a': True},
+                  'steps': 150, 'free_a': True},
   })
   config.eval = config_dict.ConfigDict({
       'num_prompts': 8000,       # fresh test prompts per model (the same for every activation)
