@@ -180,3 +180,46 @@ def functional_gd(k_TxN: jax.Array, y_N: jax.Array, steps) -> jax.Array:
   f0 = jnp.zeros((n + 1,), jnp.result_type(k_TxN, y_N))
   _, f_L = jax.lax.scan(step, f0, jnp.asarray(steps, f0.dtype))
   return jnp.concatenate([jnp.zeros((1,), f0.dtype), f_L])
+
+
+def ar_gd(s_TxD: jax.Array, steps, eta, length=None) -> jax.Array:
+  """`steps` steps of gradient descent on the inner loss (5) from W_0 = 0, then W_L s_T.
+
+  Inner loss (5) of Sander et al. (2024), on the prefix s_1 .. s_T:
+  L(W) = 1/2 sum_{t=1}^{T-1} ||s_{t+1} - W s_t||^2. For complex s the descent direction is the
+  Wirtinger (hermitian) gradient, grad L(W) = -sum_t (s_{t+1} - W s_t) s_t^H (the transpose for
+  real s), so W_{l+1} = W_l + eta (S_yx - W_l S_xx) with S_yx = sum_t s_{t+1} s_t^H and
+  S_xx = sum_t s_t s_t^H. One step gives W_1 = eta S_yx, and W_1 s_T = eta sum_t s_t s_{t-1}^H
+  s_T (s_0 = 0) is the augmented one-layer model (4) at Prop 2's optimum with a3 b1 = eta
+  (Prop 1, Appendix A.2). Fig. 5 compares L such steps with L layers.
+
+  Args:
+    s_TxD: [n, d] a sequence s_1 .. s_n (real or complex), possibly longer than the prefix.
+    steps: number of GD steps L >= 0 (a Python int or a traced integer).
+    eta: step size.
+    length: prefix length T, 2 <= T <= n (an int or a traced integer, e.g. vmapped over
+      T = 2..t_max); default n. Rows past T are ignored.
+
+  Returns:
+    [d] the prediction W_L s_T of s_{T+1}.
+
+  Raises:
+    ValueError: a concrete length outside [2, n] (a traced one is clamped by the row lookup).
+  """
+  n = s_TxD.shape[0]
+  length = n if length is None else length
+  if isinstance(length, int) and not 2 <= length <= n:
+    raise ValueError(f'length: got {length}, expected 2 <= length <= {n} (rows of s_TxD)')
+  x_KxD, y_KxD = s_TxD[:-1], s_TxD[1:]
+  real_dtype = jnp.finfo(s_TxD.dtype).dtype
+  mask_K = (jnp.arange(n - 1) < length - 1).astype(real_dtype)
+  xm_KxD = x_KxD * mask_K[:, None]
+  s_yx_DxD = (y_KxD * mask_K[:, None]).T @ jnp.conj(x_KxD)
+  s_xx_DxD = xm_KxD.T @ jnp.conj(x_KxD)
+
+  def step(_, w_DxD):
+    return w_DxD + eta * (s_yx_DxD - w_DxD @ s_xx_DxD)
+
+  w_DxD = jax.lax.fori_loop(0, steps, step, jnp.zeros_like(s_yx_DxD))
+  s_last_D = jax.lax.dynamic_index_in_dim(s_TxD, length - 1, keepdims=False)
+  return w_DxD @ s_last_D
