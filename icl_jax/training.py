@@ -257,6 +257,30 @@ def fit(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransformation
   return state.params, history
 
 
+def epoch_batch(dataset: PyTree, step: jax.Array, key: jax.Array, batch_size: int) -> PyTree:
+  """Minibatch `step` of training in epochs over a fixed dataset (Sander et al. 2024, Sec 6:
+  2^14 sequences, Adam, epochs).
+
+  Each epoch visits the dataset in a fresh order, permutation(fold_in(key, epoch)); the
+  trailing num % batch_size items of that order are skipped that epoch. A pure function of the
+  step, so with `fit(..., pass_step=True)` a resumed run draws the same batches and ends with
+  the same numbers. Use as: loss_fn(params, _, step) = loss(params, epoch_batch(data, step,
+  key, b)).
+
+  Args:
+    dataset: a pytree of arrays sharing a leading axis of size num >= batch_size.
+    step: the (traced) step index.
+    batch_size: items per step; num // batch_size steps make an epoch.
+  """
+  num = jax.tree.leaves(dataset)[0].shape[0]
+  if not 0 < batch_size <= num:
+    raise ValueError(f'batch_size={batch_size}: must be in [1, {num}] (the dataset size)')
+  per_epoch = num // batch_size
+  order = jax.random.permutation(jax.random.fold_in(key, step // per_epoch), num)
+  idx = jax.lax.dynamic_slice_in_dim(order, (step % per_epoch) * batch_size, batch_size)
+  return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), dataset)
+
+
 def per_model(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
   """optimizer applied to each slice of a leading model axis on its own (vmapped).
 

@@ -273,3 +273,21 @@ def test_resample_every_must_divide_log_every():
     with pytest.raises(ValueError, match=f'log_every=10.*resample_every={bad}'):
       training.fit(_batch_loss, jnp.zeros(3), optax.sgd(0.1), key=jax.random.key(0),
                    max_steps=20, log_every=10, sample_fn=_draw, resample_every=bad)
+
+
+def test_epoch_batch_visits_every_item_once_per_epoch_in_a_fresh_order():
+  """Fails if an epoch repeats or misses an item, two epochs share an order, the batch depends
+  on anything but (step, key), or a bad batch size is accepted."""
+  data = {'x': jnp.arange(10) * 10, 'y': jnp.arange(10)}
+  key = jax.random.key(3)
+  batch = jax.jit(lambda s: training.epoch_batch(data, s, key, 3))
+  epochs = [np.concatenate([np.asarray(batch(e * 3 + i)['y']) for i in range(3)])
+            for e in range(2)]
+  for seen in epochs:
+    assert len(set(seen.tolist())) == 9            # 3 batches of 3, one item left out per epoch
+  assert not np.array_equal(epochs[0], epochs[1])
+  b = batch(4)
+  np.testing.assert_array_equal(b['x'], 10 * b['y'])   # leaves stay aligned
+  np.testing.assert_array_equal(b['y'], batch(4)['y'])
+  with pytest.raises(ValueError, match='batch_size'):
+    training.epoch_batch(data, 0, key, 11)
