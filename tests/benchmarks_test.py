@@ -116,3 +116,35 @@ def test_kernel_gp_quick_prints_summary_json():
   assert math.isclose(summary['steps_per_s'] * summary['s_per_step'], 1.0)
   assert summary['numpy_grad_max_rel_diff'] < 1e-4
   assert '(1) Sampler' in out.stdout and '(2) Training step' in out.stdout
+
+
+AR_TRAINING_KEYS = {'benchmark', 'quick', 'd', 't_max', 'layers', 'batch', 'sequences',
+                    'best_impl', 'sequences_per_s', 'ratio_to_ceiling', 'matmul_gflops',
+                    'quadratic_sequences_per_s', 'prefix_sequences_per_s',
+                    'torch_sequences_per_s', 'speedup_vs_torch', 'torch_loss_diff',
+                    'peak_rss_mb'}
+
+
+def test_ar_training_quick_prints_summary_json():
+  """benchmarks.ar_training --quick: the summary keys (sequences_per_s and ratio_to_ceiling are
+  named by the autoregressive issue), positive finite rates, the headline the faster of the two
+  JAX paths, and -- with torch installed -- the PyTorch peer's first loss equal to the library's
+  on the same batch and parameters (float32 rounding: < 1e-3 on a loss of ~100), which is what
+  makes its timing a like-for-like comparison."""
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  env['PYTHONPATH'] = ROOT
+  out = subprocess.run([sys.executable, '-m', 'benchmarks.ar_training', '--quick'],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  assert set(summary) == AR_TRAINING_KEYS
+  for name in ('sequences_per_s', 'ratio_to_ceiling', 'matmul_gflops',
+               'quadratic_sequences_per_s', 'prefix_sequences_per_s'):
+    assert math.isfinite(summary[name]) and summary[name] > 0, name
+  assert summary['sequences_per_s'] == max(summary['quadratic_sequences_per_s'],
+                                           summary['prefix_sequences_per_s'])
+  if summary['torch_sequences_per_s'] is not None:
+    assert summary['torch_loss_diff'] < 1e-3
+    assert math.isclose(summary['speedup_vs_torch'],
+                        summary['sequences_per_s'] / summary['torch_sequences_per_s'])
