@@ -5,6 +5,7 @@ EXPERIMENTS = {
                     'random_covariance', 'gpt2_covariate_shift'],
     'functional_gd': ['construction', 'loss_vs_context', 'loss_vs_layers', 'multihead',
                       'stationary_points'],
+    'autoregressive': ['text_ar_fit'],
 }
 
 PAPERS = {
@@ -12,6 +13,8 @@ PAPERS = {
                    '(arXiv 2306.09927, JMLR 2024)',
     'functional_gd': 'Cheng, Chen & Sra, Transformers Implement Functional Gradient Descent to '
                      'Learn Non-Linear Functions In Context (ICML 2024)',
+    'autoregressive': 'Sander, Giryes, Suzuki, Blondel & Peyre, How do Transformers Perform '
+                      'In-Context Autoregressive Learning? (ICML 2024)',
 }
 
 
