@@ -4,14 +4,13 @@ Executed like colab/trained_lsa.ipynb (see tests/colab_test.py: an nbclient kern
 interpreter, sizes from ICL_JAX_NOTEBOOK_SIZE, the same rank-promotion rule as conftest.py).
 """
 
-import os
 import pathlib
-import sys
 
 import numpy as np
 import pytest
 
-from colab_test import _summary, execute_notebook
+from colab_test import (_summary, assert_clean_with_parameters_cell,
+                         assert_ran_here_and_plotted, execute_notebook)
 
 nbclient = pytest.importorskip('nbclient')
 nbformat = pytest.importorskip('nbformat')
@@ -29,25 +28,12 @@ def executed(tmp_path_factory):
 
 def test_notebook_is_clean_and_has_parameters_cell():
   """Fails if the notebook is committed with outputs or loses its papermill parameters cell."""
-  nb = nbformat.read(_NOTEBOOK, as_version=4)
-  nbformat.validate(nb)
-  code = [c for c in nb.cells if c.cell_type == 'code']
-  assert all(not c.outputs and c.execution_count is None for c in code), 'commit without outputs'
-  params = [c for c in code if 'parameters' in c.metadata.get('tags', [])]
-  assert len(params) == 1 and "SIZE = 'quick'" in params[0].source
+  assert_clean_with_parameters_cell(_NOTEBOOK)
 
 
 def test_runs_without_errors_on_this_interpreter_and_plots_each_section(executed):
   """Fails on any cell error, a kernel on another interpreter, or a section that stops plotting."""
-  errors = [out for cell in executed.cells if cell.cell_type == 'code'
-            for out in cell.outputs if out.output_type == 'error']
-  assert not errors, errors
-  summary = _summary(executed)
-  assert summary['size'] == 'smoke'
-  assert os.path.realpath(summary['sys_prefix']) == os.path.realpath(sys.prefix)
-  pngs = [out for cell in executed.cells if cell.cell_type == 'code' for out in cell.outputs
-          if out.output_type == 'display_data' and 'image/png' in out.get('data', {})]
-  assert len(pngs) == _PLOTS
+  assert_ran_here_and_plotted(executed, _PLOTS)
 
 
 def test_reported_numbers(executed):

@@ -55,6 +55,30 @@ def execute_notebook(path: pathlib.Path, tmp_path_factory):
   return nb
 
 
+def assert_clean_with_parameters_cell(path: pathlib.Path) -> None:
+  """A notebook of colab/ is committed without outputs and has one papermill parameters cell
+  that defaults to SIZE = 'quick'."""
+  nb = nbformat.read(path, as_version=4)
+  nbformat.validate(nb)
+  code = [c for c in nb.cells if c.cell_type == 'code']
+  assert all(not c.outputs and c.execution_count is None for c in code), 'commit without outputs'
+  params = [c for c in code if 'parameters' in c.metadata.get('tags', [])]
+  assert len(params) == 1 and "SIZE = 'quick'" in params[0].source
+
+
+def assert_ran_here_and_plotted(nb, plots: int) -> None:
+  """No cell errors, the smoke size, a kernel on this interpreter, and `plots` PNG figures."""
+  errors = [out for cell in nb.cells if cell.cell_type == 'code'
+            for out in cell.outputs if out.output_type == 'error']
+  assert not errors, errors
+  summary = _summary(nb)
+  assert summary['size'] == 'smoke'
+  assert os.path.realpath(summary['sys_prefix']) == os.path.realpath(sys.prefix)
+  pngs = [out for cell in nb.cells if cell.cell_type == 'code' for out in cell.outputs
+          if out.output_type == 'display_data' and 'image/png' in out.get('data', {})]
+  assert len(pngs) == plots
+
+
 @pytest.fixture(scope='session')   # once per worker, even if other modules' tests interleave
 def executed(tmp_path_factory):
   """The notebook executed once at smoke size (shared by the tests of this module)."""
@@ -62,12 +86,7 @@ def executed(tmp_path_factory):
 
 
 def test_notebook_is_clean_and_has_parameters_cell():
-  nb = nbformat.read(_NOTEBOOK, as_version=4)
-  nbformat.validate(nb)
-  code = [c for c in nb.cells if c.cell_type == 'code']
-  assert all(not c.outputs and c.execution_count is None for c in code), 'commit without outputs'
-  params = [c for c in code if 'parameters' in c.metadata.get('tags', [])]
-  assert len(params) == 1 and "SIZE = 'quick'" in params[0].source
+  assert_clean_with_parameters_cell(_NOTEBOOK)
 
 
 def test_no_cell_errors(executed):
