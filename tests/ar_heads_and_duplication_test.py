@@ -1,0 +1,267 @@
+"""The heads-and-duplication app (Sander et al. 2024, Sec. 6, Figs 7 and 8).
+
+The app's own pieces: a duplicated-token model of eq. (6) is exactly a plain-token one (`as_plain`),
+Fig 8's near-equal initialisation, the head Gram matrix and its off-diagonal mass. The app: one
+smoke run (conftest's `smoke_run`), every claim caught by a mutation of its evidence (the pattern
+of tests/fgd_construction_multihead_test.py), bad input.
+
+The paper's Fig 7 claims do not hold for eq. (6) (the app's docstring says why), so, as
+tests/mutation_test.py's TRAINED_LIKE does for runs too short for their claims, the claim builder
+is checked on the smoke run's evidence with numbers shaped like the paper's figures put in: on
+them every claim holds, and each mutation must make its claims fail.
+"""
+
+import json
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, app_cmd, app_env
+from mutation_test import Case, _matching
+from experiments import common
+from experiments.autoregressive import heads_and_duplication as app
+from experiments.autoregressive.configs import heads_and_duplication as app_config
+from icl_jax import results
+from icl_jax.models import ar_attention as ar
+from icl_jax.samplers import autoregressive as ar_sampler
+
+APP = 'autoregressive/heads_and_duplication'
+
+
+def _config(preset='smoke'):
+  return app_config.get_config(preset)
+
+
+def _smoke(smoke_run):
+  proc, workdir = smoke_run(APP)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+# --- the model pieces ----------------------------------------------------------------------------
+
+def test_duplicated_tokens_are_a_plain_model():
+  """eq. (6) on e_t = (s_t, s_t) equals eq. (6) on e_t = s_t with W' = W J, W_O' = W_O[:d], for
+  every prefix (float32 rounding: outputs O(10), 1e-5 relative). Fails if `as_plain` folds the
+  wrong halves or keeps the wrong output rows; a perturbed W_Q breaks it (the check can fail)."""
+  d, t_max = 3, 8
+
+  @jax.jit   # one program: eager op-by-op dispatch took seconds
+  def predictions(key_p, key_s):
+    params = ar.init_standard(key_p, 2 * d, 3, t_max, scale=0.5, positional='softmax')
+    s = ar_sampler.sequence(key_s, 'orthogonal', d, t_max)
+    other = params._replace(w_q=params.w_q.at[:, :, 0].add(0.1))
+    return (ar.predict_all(params, s, encoding='duplicated'),
+            ar.predict_all(app.as_plain(params, d), s, encoding='plain'),
+            ar.predict_all(other, s, encoding='duplicated'))
+
+  dup, plain, other = map(np.asarray, predictions(jax.random.key(1), jax.random.key(2)))
+  scale = np.abs(dup).max()
+  assert scale > 1.0
+  assert np.abs(dup - plain).max() <= 1e-5 * scale
+  assert np.abs(other - plain).max() > 1e-2 * scale
+
+
+def test_near_equal_init_and_head_gram():
+  """Fig 8's init: every head is the shared draw plus noise x N(0, 1) (the spread about the head
+  mean has std noise sqrt(3/4) for 4 heads; 256 entries estimate it to ~5%, tolerance 20%), P is
+  the shared draw's (one P in eq. (6)); head_gram is sum_h B_h^T B_h; offdiag_ratio is 0 on a
+  diagonal M and sqrt(1/2) on [[1, 1], [1, 1]]. Fails on a noise drawn once for all heads (no
+  spread), a perturbed P or a wrong Gram."""
+  config = _config()
+  config.fig8.d, config.fig8.heads, config.fig8.noise = 4, 4, 0.05
+  params = jax.jit(lambda k: app.init_near_equal(k, config))(jax.random.key(0))
+  for w in (params.w_q, params.w_k, params.w_v, params.w_o):
+    assert w.shape == (4, 8, 8)
+    spread = np.asarray(w - w.mean(axis=0, keepdims=True))
+    # deviations from the head mean of H iid N(0, noise^2): variance noise^2 (H - 1) / H.
+    assert abs(spread.std() / (0.05 * np.sqrt(3 / 4)) - 1) < 0.2
+  one = jax.jit(lambda k: ar.init_standard(jax.random.split(k)[0], 8, 1, config.data.t_max,
+                                           scale=config.fig8.init_scale,
+                                           positional='softmax'))(jax.random.key(0))
+  np.testing.assert_array_equal(params.p.pos, one.p.pos)
+  b = np.einsum('hik,hkj->hij', params.w_o, params.w_v)
+  np.testing.assert_allclose(app.head_gram(params), np.einsum('hki,hkj->ij', b, b), rtol=1e-5)
+  np.testing.assert_allclose(app.head_gram(params, 4),
+                             np.einsum('hki,hkj->ij', b[:, :4], b[:, :4]), rtol=1e-5)
+  assert app.offdiag_ratio(np.diag([1.0, 2.0, 3.0])) == 0.0
+  assert abs(app.offdiag_ratio(np.ones((2, 2))) - np.sqrt(0.5)) < 1e-12
+
+
+# --- smoke run -----------------------------------------------------------------------------------
+
+def test_smoke_writes_results(smoke_run):
+  """Fails if the smoke run exits non-zero, misses a claim, a figure or the arrays, or if a
+  trained duplicated model is not its plain equivalent (float32 rounding)."""
+  workdir = _smoke(smoke_run)
+  res = json.loads((workdir / 'results.json').read_text())
+  assert res['experiment'] == APP and len(res['claims']) == 3
+  for c in res['claims']:
+    assert np.isfinite([c['measured'], c['expected'], c['tolerance']]).all(), c
+  for name in res['figures']:
+    assert (workdir / name).stat().st_size > 10_000, name
+  assert sorted(res['figures']) == ['figure7.png', 'figure8.png', 'train_loss.png']
+  met = res['metrics']
+  assert met['dup_as_plain_max_abs_diff'] < 1e-5
+  config = _config()
+  with np.load(workdir / 'arrays.npz') as arrays:
+    assert arrays['mse'].shape == (2 * len(config.heads), config.data.num_test)
+    assert arrays['fig8_m'].shape == (2 * config.fig8.d,) * 2
+  # Training moved every model off its initialisation (init: ~1, the zero predictor's MSE).
+  for enc in app.ENCODINGS:
+    for h in config.heads:
+      assert met[f'mse_{enc}_H{h}'] < met[f'mse_init_{enc}_H{h}'], (enc, h)
+
+
+# --- mutation cases ------------------------------------------------------------------------------
+
+_C_FALLS = 'with duplicated tokens the test MSE falls'
+_C_BEATS = 'duplicated tokens beat plain ones'
+_C_ORTH = 'heads become orthogonal'
+
+
+def _paper_like(evidence: results.Evidence) -> results.Evidence:
+  """The smoke evidence with numbers shaped like Figs 7 and 8 put in: plain MSE flat at ~0.9 in
+  H, duplicated MSE falling as H^-0.5 from 0.9 (x 0.71 at the smoke preset's H = 2), paired
+  per-sequence noise of 0.05; Fig 8's trained M diagonal up to 10% of the initial off-diagonal
+  entries."""
+  config = _config()
+  heads = np.asarray(config.heads, float)
+  n = config.data.num_test
+  rng = np.random.default_rng(0)
+  base = 0.9 + 0.1 * rng.standard_normal(n)
+  plain = base[None] + 0.05 * rng.standard_normal((len(heads), n))
+  dup = base[None] * heads[:, None] ** -0.5 + 0.05 * rng.standard_normal((len(heads), n))
+  m_init = np.asarray(evidence.measured['fig8_m_init'])
+  off = m_init - np.diag(np.diag(m_init))
+  measured = dict(evidence.measured, mse=np.concatenate([plain, dup]),
+                  fig8_m=np.diag(np.diag(m_init)) + 0.1 * off)
+  return evidence._replace(measured=measured)
+
+
+def _check(evidence):
+  claims, _ = app.check(_config(), evidence)
+  return claims
+
+
+def _dup_row(fn):
+  """The duplicated model at H_max replaced by fn(mse, rows) (rows: index of (encoding, H))."""
+  config = _config()
+  rows = {m: i for i, m in enumerate(app.grid(config))}
+
+  def mutate(mse):
+    mse = np.array(mse)
+    mse[rows[('duplicated', config.heads[-1])]] = fn(mse, rows, config.heads)
+    return mse
+  return mutate
+
+
+def _undiagonalise(m):
+  """diag(M) + 10 offdiag(M): the paper-shaped trained M's off-diagonal part back at init."""
+  m = np.asarray(m)
+  diag = np.diag(np.diag(m))
+  return diag + 10.0 * (m - diag)
+
+
+CASES = [
+    Case(APP, 'measured', 'mse',
+         _dup_row(lambda m, r, h: 0.9 * m[r[('duplicated', h[0])]]), (_C_FALLS,),
+         why='duplicated MSE at H_max only 10% below H = 1 (no "significant" fall)'),
+    Case(APP, 'measured', 'mse',
+         _dup_row(lambda m, r, h: m[r[('plain', h[-1])]]), (_C_BEATS,),
+         why='duplicated tokens exactly as good as plain ones at H_max'),
+    Case(APP, 'measured', 'mse',
+         _dup_row(lambda m, r, h: m[r[('duplicated', h[-1])]]
+                  + np.mean(m[r[('plain', h[-1])]] - m[r[('duplicated', h[-1])]])), (_C_BEATS,),
+         why='duplicated tokens as good as plain ones on average, the per-sequence noise of '
+             'their difference unchanged (z = 0)'),
+    Case(APP, 'measured', 'fig8_m', lambda m: np.asarray(m) * 1.1, (),
+         why='a 10% larger trained M: the off-diagonal mass is scale-free, nothing must fail'),
+    Case(APP, 'measured', 'fig8_m', _undiagonalise, (_C_ORTH,),
+         why="the trained M's off-diagonal entries as large as at init (heads that did not "
+             'become orthogonal)'),
+    Case(APP, 'measured', 'fig8_m_init', lambda m: np.diag(np.diag(np.asarray(m))), (_C_ORTH,),
+         why='an initial M already diagonal: no drop of the off-diagonal mass'),
+]
+
+
+@pytest.mark.parametrize('case', [pytest.param(c, id=f'{c.key}-{i}') for i, c in enumerate(CASES)])
+def test_claims_notice_a_wrong_input(case, smoke_run):
+  """Fails if a claim meant to catch the mutated entry still holds (or the paper-shaped evidence
+  fails a claim, or a scale-only change fails one)."""
+  evidence = _paper_like(results.load_evidence(str(_smoke(smoke_run))))
+  assert all(c.holds for c in _check(evidence)), 'the paper-shaped evidence must pass'
+  part = dict(getattr(evidence, case.part))
+  part[case.key] = case.mutate(part[case.key])
+  claims = _check(evidence._replace(**{case.part: part}))
+  if not case.fails:
+    assert all(c.holds for c in claims)
+  for text in case.fails:
+    for c in _matching(claims, text):
+      assert not c.holds, (f'{case.part}[{case.key!r}] mutated, yet "{c.claim}" holds: '
+                           f'measured {c.measured}, expected {c.expected}, tol {c.tolerance}')
+
+
+def test_every_claim_is_covered_by_a_case(smoke_run):
+  """Fails if a claim of the smoke run is named by no mutation case above."""
+  claims = _check(results.load_evidence(str(_smoke(smoke_run))))
+  named = [t for c in CASES for t in c.fails]
+  uncovered = [c.claim for c in claims if not any(t in c.claim for t in named)]
+  assert not uncovered, f'claims no mutation case names: {uncovered}'
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+BAD = [
+    ({'data.d': 0}, 'config.data.d'),
+    ({'data.t_max': 2}, 'config.data.t_max'),
+    ({'data.context': 'unitary'}, 'config.data.context'),
+    ({'data.context': 'orthogonal_commuting', 'data.d': 5}, 'config.data.d'),
+    ({'data.context': 'orthogonal_commuting', 'data.d': 4, 'fig8.d': 3}, 'config.fig8.d'),
+    ({'heads': (2, 4)}, 'config.heads'),
+    ({'heads': (1, 4, 2)}, 'config.heads'),
+    ({'heads': (1,)}, 'config.heads'),
+    ({'model.pos_dim': -1}, 'config.model.pos_dim'),
+    ({'fig8.noise': -0.05}, 'config.fig8.noise'),
+    ({'train.batch_size': 512}, 'config.train.batch_size'),
+    ({'train.epochs': 3}, 'config.train.epochs'),
+    ({'eval.chunk': 48}, 'config.data.num_test'),
+    ({'claims.dup_fraction': 1.5}, 'config.claims.dup_fraction'),
+]
+
+
+@pytest.mark.parametrize('overrides,field', BAD)
+def test_validate_names_the_field(overrides, field):
+  """Fails if a bad value passes validate or its message does not name the field."""
+  config = _config()
+  for key, value in overrides.items():
+    node = config
+    *parents, last = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[last] = value
+  with pytest.raises(common.ConfigError, match=field):
+    app.validate(config)
+
+
+def test_presets_validate():
+  """Fails if a preset (the paper's, which no test runs, included) no longer passes validate."""
+  for preset in ('smoke', 'quick', 'paper'):
+    app.validate(_config(preset))
+
+
+def test_bad_input_exits_2_with_one_line_and_touches_nothing(tmp_path):
+  """Fails if the app starts work on bad input, exits with another code, prints other than one
+  error line naming the field, or touches an earlier results.json."""
+  earlier = tmp_path / 'results.json'
+  earlier.write_text(json.dumps({'experiment': APP, 'marker': 'earlier'}))
+  before = earlier.read_bytes()
+  proc = subprocess.run(app_cmd(APP, tmp_path, '--config.heads=(2, 4)'), cwd=ROOT,
+                        env=app_env(), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
+  assert len(lines) == 1 and 'config.heads' in lines[0], proc.stderr[-2000:]
+  assert earlier.read_bytes() == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['results.json']
