@@ -5,8 +5,8 @@ EXPERIMENTS = {
                     'random_covariance', 'gpt2_covariate_shift'],
     'functional_gd': ['construction', 'loss_vs_context', 'loss_vs_layers', 'multihead',
                       'stationary_points'],
-    'autoregressive': ['geometric_heads', 'heads_and_duplication', 'positional_encoding',
-                       'softmax_ablation', 'text_ar_fit'],
+    'autoregressive': ['augmented_gd', 'geometric_heads', 'heads_and_duplication',
+                       'positional_encoding', 'softmax_ablation', 'text_ar_fit'],
 }
 
 PAPERS = {
