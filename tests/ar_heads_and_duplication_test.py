@@ -12,14 +12,13 @@ them every claim holds, and each mutation must make its claims fail.
 """
 
 import json
-import subprocess
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, app_cmd, app_env
-from mutation_test import Case, _matching
+from conftest import assert_bad_input_stops
+from mutation_test import Case, assert_caught, mutated, uncovered
 from experiments import common
 from experiments.autoregressive import heads_and_duplication as app
 from experiments.autoregressive.configs import heads_and_duplication as app_config
@@ -193,23 +192,17 @@ def test_claims_notice_a_wrong_input(case, smoke_run):
   fails a claim, or a scale-only change fails one)."""
   evidence = _paper_like(results.load_evidence(str(_smoke(smoke_run))))
   assert all(c.holds for c in _check(evidence)), 'the paper-shaped evidence must pass'
-  part = dict(getattr(evidence, case.part))
-  part[case.key] = case.mutate(part[case.key])
-  claims = _check(evidence._replace(**{case.part: part}))
+  claims = _check(mutated(evidence, case))
   if not case.fails:
     assert all(c.holds for c in claims)
-  for text in case.fails:
-    for c in _matching(claims, text):
-      assert not c.holds, (f'{case.part}[{case.key!r}] mutated, yet "{c.claim}" holds: '
-                           f'measured {c.measured}, expected {c.expected}, tol {c.tolerance}')
+  assert_caught(claims, case)
 
 
 def test_every_claim_is_covered_by_a_case(smoke_run):
   """Fails if a claim of the smoke run is named by no mutation case above."""
   claims = _check(results.load_evidence(str(_smoke(smoke_run))))
-  named = [t for c in CASES for t in c.fails]
-  uncovered = [c.claim for c in claims if not any(t in c.claim for t in named)]
-  assert not uncovered, f'claims no mutation case names: {uncovered}'
+  missing = uncovered(claims, CASES)
+  assert not missing, f'claims no mutation case names: {missing}'
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -255,13 +248,4 @@ def test_presets_validate():
 def test_bad_input_exits_2_with_one_line_and_touches_nothing(tmp_path):
   """Fails if the app starts work on bad input, exits with another code, prints other than one
   error line naming the field, or touches an earlier results.json."""
-  earlier = tmp_path / 'results.json'
-  earlier.write_text(json.dumps({'experiment': APP, 'marker': 'earlier'}))
-  before = earlier.read_bytes()
-  proc = subprocess.run(app_cmd(APP, tmp_path, '--config.heads=(2, 4)'), cwd=ROOT,
-                        env=app_env(), capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
-  assert len(lines) == 1 and 'config.heads' in lines[0], proc.stderr[-2000:]
-  assert earlier.read_bytes() == before
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['results.json']
+  assert_bad_input_stops(APP, tmp_path, 'config.heads', '--config.heads=(2, 4)')

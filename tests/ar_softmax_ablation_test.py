@@ -8,15 +8,14 @@ tests/fgd_construction_multihead_test.py), bad input.
 """
 
 import json
-import subprocess
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, app_cmd, app_env
-from mutation_test import Case, _check, _matching
+from conftest import assert_bad_input_stops
+from mutation_test import Case, _check, assert_caught, mutated, uncovered
 from experiments import common
 from experiments.autoregressive import softmax_ablation as app
 from experiments.autoregressive.configs import softmax_ablation as app_config
@@ -214,21 +213,15 @@ def test_claims_notice_a_wrong_input(case, smoke_run):
   """Fails if a claim meant to catch the mutated entry still holds (or the unmutated run fails)."""
   evidence = _evidence(smoke_run)
   assert all(c.holds for c in _check(APP, evidence)), 'the unmutated smoke run must pass'
-  part = dict(getattr(evidence, case.part))
-  part[case.key] = case.mutate(part[case.key])
-  claims = _check(APP, evidence._replace(**{case.part: part}))
-  for text in case.fails:
-    for c in _matching(claims, text):
-      assert not c.holds, (f'{case.part}[{case.key!r}] mutated, yet "{c.claim}" holds: '
-                           f'measured {c.measured}, expected {c.expected}, tol {c.tolerance}')
+  claims = _check(APP, mutated(evidence, case))
+  assert_caught(claims, case)
 
 
 def test_every_claim_is_covered_by_a_case(smoke_run):
   """Fails if a claim of the smoke run is named by no mutation case above."""
   claims = _check(APP, _evidence(smoke_run))
-  named = [t for c in CASES for t in c.fails]
-  uncovered = [c.claim for c in claims if not any(t in c.claim for t in named)]
-  assert not uncovered, f'claims no mutation case names: {uncovered}'
+  missing = uncovered(claims, CASES)
+  assert not missing, f'claims no mutation case names: {missing}'
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -271,13 +264,5 @@ def test_presets_validate():
 def test_bad_input_exits_2_with_one_line_and_touches_nothing(tmp_path):
   """Fails if the app starts work on bad input, exits with another code, prints other than one
   error line naming the field, or touches an earlier results.json."""
-  earlier = tmp_path / 'results.json'
-  earlier.write_text(json.dumps({'experiment': APP, 'marker': 'earlier'}))
-  before = earlier.read_bytes()
-  proc = subprocess.run(app_cmd(APP, tmp_path, '--config.model.positional=cosine'), cwd=ROOT,
-                        env=app_env(), capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
-  assert len(lines) == 1 and 'config.model.positional' in lines[0], proc.stderr[-2000:]
-  assert earlier.read_bytes() == before
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['results.json']
+  assert_bad_input_stops(APP, tmp_path, 'config.model.positional',
+                         '--config.model.positional=cosine')

@@ -8,7 +8,6 @@ tests/fgd_construction_multihead_test.py), bad input.
 """
 
 import json
-import subprocess
 from typing import NamedTuple
 
 import jax
@@ -16,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, app_cmd, app_env
-from mutation_test import Case, _check, _matching, times
+from conftest import ROOT, assert_bad_input_stops
+from mutation_test import Case, _check, _matching, times, uncovered
 from experiments import common
 from icl_jax import results, text_ar
 
@@ -309,9 +308,8 @@ def test_claims_notice_a_wrong_input(smoke_run):
 def test_every_claim_is_covered_by_a_case(smoke_run):
   claims = _check(APP, _evidence(smoke_run))
   assert len(claims) == 8
-  named = [t for c in CASES for t in c.fails]
-  uncovered = [c.claim for c in claims if not any(t in c.claim for t in named)]
-  assert not uncovered, f'claims no mutation case names: {uncovered}'
+  missing = uncovered(claims, CASES)
+  assert not missing, f'claims no mutation case names: {missing}'
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -376,13 +374,4 @@ def test_presets_validate():
 
 
 def test_bad_input_exits_2_with_one_line_and_touches_nothing(tmp_path):
-  earlier = tmp_path / 'results.json'
-  earlier.write_text(json.dumps({'experiment': APP, 'marker': 'earlier'}))
-  before = earlier.read_bytes()
-  proc = subprocess.run(app_cmd(APP, tmp_path, '--config.data.T=1'), cwd=ROOT, env=app_env(),
-                        capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
-  assert len(lines) == 1 and 'config.data.T' in lines[0], proc.stderr[-2000:]
-  assert earlier.read_bytes() == before
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['results.json']
+  assert_bad_input_stops(APP, tmp_path, 'config.data.T', '--config.data.T=1')

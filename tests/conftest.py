@@ -27,6 +27,7 @@ jax.config.update('jax_compilation_cache_dir', os.path.join(
 
 # --- one smoke run per app and test process, shared by the app-level tests -------------
 
+import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -47,6 +48,21 @@ def app_cmd(app: str, workdir, *overrides, preset: str = 'smoke') -> list:
   return [sys.executable, '-m', f'experiments.{paper}.{name}',
           f'--config=experiments/{paper}/configs/{name}.py:{preset}', f'--workdir={workdir}',
           *overrides]
+
+
+def assert_bad_input_stops(app: str, tmp_path, field: str, *overrides: str) -> None:
+  """The app, run on bad overrides into a workdir that holds an earlier results.json, exits 2
+  with one `error:` line naming `field`, before any work and leaving that result untouched."""
+  earlier = tmp_path / 'results.json'
+  earlier.write_text(json.dumps({'experiment': app, 'marker': 'earlier'}))
+  before = earlier.read_bytes()
+  proc = subprocess.run(app_cmd(app, tmp_path, *overrides), cwd=ROOT, env=app_env(),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
+  assert len(lines) == 1 and field in lines[0], proc.stderr[-2000:]
+  assert earlier.read_bytes() == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['results.json']
 
 
 @pytest.fixture(scope='session')

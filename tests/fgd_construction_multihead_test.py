@@ -8,14 +8,13 @@ Case / times / _check / _matching).
 
 import importlib
 import json
-import subprocess
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, app_cmd, app_env
-from mutation_test import Case, _check, _matching, times
+from conftest import assert_bad_input_stops
+from mutation_test import Case, _check, assert_caught, mutated, times, uncovered
 from experiments import common
 from icl_jax import results
 
@@ -186,23 +185,16 @@ def test_claims_notice_a_wrong_input(case, smoke_run):
   """Fails if a claim meant to catch the mutated entry still holds (or the unmutated run fails)."""
   evidence = _evidence(smoke_run, case.app)
   assert all(c.holds for c in _check(case.app, evidence)), 'the unmutated smoke run must pass'
-  part = dict(getattr(evidence, case.part))
-  assert case.key in part, f'{case.part} has no {case.key!r}; it has {sorted(part)}'
-  part[case.key] = case.mutate(part[case.key])
-  claims = _check(case.app, evidence._replace(**{case.part: part}))
-  for text in case.fails:
-    for c in _matching(claims, text):
-      assert not c.holds, (f'{case.part}[{case.key!r}] mutated, yet "{c.claim}" holds: '
-                           f'measured {c.measured}, expected {c.expected}, tol {c.tolerance}')
+  claims = _check(case.app, mutated(evidence, case))
+  assert_caught(claims, case)
 
 
 @pytest.mark.parametrize('app', APPS)
 def test_every_claim_is_covered_by_a_case(app, smoke_run):
   """Fails if a claim of the smoke run is named by no mutation case above."""
   claims = _check(app, _evidence(smoke_run, app))
-  named = [t for c in CASES if c.app == app for t in c.fails]
-  uncovered = [c.claim for c in claims if not any(t in c.claim for t in named)]
-  assert not uncovered, f'claims no mutation case names: {uncovered}'
+  missing = uncovered(claims, [c for c in CASES if c.app == app])
+  assert not missing, f'claims no mutation case names: {missing}'
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -254,13 +246,4 @@ def test_presets_validate(app):
 def test_bad_input_exits_2_with_one_line_and_touches_nothing(app, override, field, tmp_path):
   """Fails if the app starts work on bad input, exits with another code, prints other than one
   error line naming the field, or touches an earlier results.json."""
-  earlier = tmp_path / 'results.json'
-  earlier.write_text(json.dumps({'experiment': app, 'marker': 'earlier'}))
-  before = earlier.read_bytes()
-  proc = subprocess.run(app_cmd(app, tmp_path, override), cwd=ROOT, env=app_env(),
-                        capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
-  assert len(lines) == 1 and field in lines[0], proc.stderr[-2000:]
-  assert earlier.read_bytes() == before
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['results.json']
+  assert_bad_input_stops(app, tmp_path, field, override)

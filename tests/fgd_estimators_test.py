@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_jax import estimators, kernels
+from icl_jax import estimators
 from icl_jax.samplers import kernel_gp
 
 D = 5

@@ -12,14 +12,13 @@ work: one line, exit 2, an earlier results.json untouched.
 
 import importlib
 import json
-import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, app_cmd, app_env
+from conftest import assert_bad_input_stops
 from icl_jax import results
-from mutation_test import Case, _check, _matching, times
+from mutation_test import Case, _check, assert_caught, mutated, times, uncovered
 
 LVC = 'functional_gd/loss_vs_context'
 LVL = 'functional_gd/loss_vs_layers'
@@ -263,14 +262,8 @@ def test_claims_notice_a_wrong_input(preset, case, smoke_run):
   evidence = _evidence(smoke_run, case.app) if preset == 'smoke' else _quick_like(case.app)
   assert all(c.holds for c in _claims_of(smoke_run, preset, case.app, evidence)), \
       [c for c in _claims_of(smoke_run, preset, case.app, evidence) if not c.holds]
-  part = dict(getattr(evidence, case.part))
-  assert case.key in part, f'{case.part} has no {case.key!r}; it has {sorted(part)}'
-  part[case.key] = case.mutate(part[case.key])
-  claims = _claims_of(smoke_run, preset, case.app, evidence._replace(**{case.part: part}))
-  for text in case.fails:
-    for c in _matching(claims, text):
-      assert not c.holds, (f'{case.part}[{case.key!r}] mutated, yet "{c.claim}" holds: '
-                           f'measured {c.measured}, expected {c.expected}, tol {c.tolerance}')
+  claims = _claims_of(smoke_run, preset, case.app, mutated(evidence, case))
+  assert_caught(claims, case)
 
 
 @pytest.mark.parametrize('preset', ['smoke', 'quick'])
@@ -278,9 +271,8 @@ def test_claims_notice_a_wrong_input(preset, case, smoke_run):
 def test_every_claim_is_covered_by_a_case(app, preset, smoke_run):
   """Fails if a claim of the app (smoke run, or the quick config's full set) has no case."""
   claims = _claims_of(smoke_run, preset, app)
-  named = [t for p, c in CASES if c.app == app and p == preset for t in c.fails]
-  uncovered = [c.claim for c in claims if not any(t in c.claim for t in named)]
-  assert not uncovered, f'claims no mutation case names: {uncovered}'
+  missing = uncovered(claims, [c for p, c in CASES if c.app == app and p == preset])
+  assert not missing, f'claims no mutation case names: {missing}'
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -331,13 +323,4 @@ def test_every_preset_passes_validate(app):
 def test_bad_input_is_one_line_exit_2_results_untouched(app, override, field, tmp_path):
   """Fails if bad input does work, exits other than 2, says more or less than one error line,
   or touches an earlier results.json."""
-  earlier = tmp_path / 'results.json'
-  earlier.write_text(json.dumps({'experiment': app, 'marker': 'earlier'}))
-  before = earlier.read_bytes()
-  proc = subprocess.run(app_cmd(app, tmp_path, override), cwd=ROOT, env=app_env(),
-                        capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
-  assert len(lines) == 1 and field in lines[0], proc.stderr[-2000:]
-  assert earlier.read_bytes() == before
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['results.json']
+  assert_bad_input_stops(app, tmp_path, field, override)

@@ -10,20 +10,18 @@ multiple of I in whitened coordinates, within Monte-Carlo error, while a point 5
 
 import importlib
 import json
-import os
-import subprocess
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, app_cmd, app_env
+from conftest import assert_bad_input_stops
 from icl_jax import kernels, results
 from icl_jax.models import kernel_attention as ka
 from icl_jax.prompts import Prompt
 from icl_jax.samplers import kernel_gp
-from mutation_test import Case, _check, _matching, times
+from mutation_test import Case, _check, assert_caught, mutated, uncovered
 
 from experiments.functional_gd import stationary_points as sp
 
@@ -118,21 +116,15 @@ def test_claims_notice_a_wrong_input(case, smoke_run):
   """Fails if a claim still holds with the evidence wrong as the case describes."""
   evidence = _evidence(smoke_run)
   assert all(c.holds for c in _check(APP, evidence)), 'the unmutated smoke run must pass'
-  part = dict(getattr(evidence, case.part))
-  part[case.key] = case.mutate(part[case.key])
-  claims = _check(APP, evidence._replace(**{case.part: part}))
-  for text in case.fails:
-    for c in _matching(claims, text):
-      assert not c.holds, (f'{case.part}[{case.key!r}] mutated, yet "{c.claim}" holds: '
-                           f'measured {c.measured}, expected {c.expected}, tol {c.tolerance}')
+  claims = _check(APP, mutated(evidence, case))
+  assert_caught(claims, case)
 
 
 def test_every_claim_is_covered_by_a_case(smoke_run):
   """Fails if a claim is added without a mutation case that makes it fail."""
   claims = _check(APP, _evidence(smoke_run))
-  named = [t for c in CASES for t in c.fails]
-  uncovered = [c.claim for c in claims if not any(t in c.claim for t in named)]
-  assert not uncovered, uncovered
+  missing = uncovered(claims, CASES)
+  assert not missing, missing
 
 
 BAD_INPUTS = [
@@ -156,16 +148,7 @@ def test_validate_names_the_field(overrides, field):
 def test_bad_input_stops_with_one_line_and_touches_nothing(tmp_path):
   """Fails if bad input starts work, exits other than 2, or touches an earlier result (one
   subprocess: the other fields are checked on validate above, through the same code path)."""
-  earlier = tmp_path / 'results.json'
-  earlier.write_text(json.dumps({'experiment': APP, 'marker': 'earlier'}))
-  before = earlier.read_bytes()
-  proc = subprocess.run(app_cmd(APP, tmp_path, '--config.kernels=("linear", "gauss")'),
-                        cwd=ROOT, env=app_env(), capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
-  assert len(lines) == 1 and 'config.kernels' in lines[0], proc.stderr[-2000:]
-  assert earlier.read_bytes() == before
-  assert sorted(os.listdir(tmp_path)) == ['results.json']
+  assert_bad_input_stops(APP, tmp_path, 'config.kernels', '--config.kernels=("linear", "gauss")')
 
 
 # --- units -------------------------------------------------------------------------------------

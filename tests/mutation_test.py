@@ -266,24 +266,39 @@ def _matching(claims, text: str):
   return found
 
 
-@pytest.mark.parametrize('case', [
-    pytest.param(c, id=f'{c.app.split("/")[1]}-{c.part}-{c.key}-{i}') for i, c in enumerate(CASES)])
-def test_claims_notice_a_wrong_input(case, smoke_run):
-  evidence = _evidence(smoke_run, case.app)
-  assert all(c.holds for c in _check(case.app, evidence)), 'the unmutated smoke run must pass'
+def mutated(evidence: results.Evidence, case: Case) -> results.Evidence:
+  """The evidence with the case's entry made wrong (case.mutate applied to it)."""
   part = dict(getattr(evidence, case.part))
   assert case.key in part, f'{case.part} has no {case.key!r}; it has {sorted(part)}'
   part[case.key] = case.mutate(part[case.key])
-  claims = _check(case.app, evidence._replace(**{case.part: part}))
+  return evidence._replace(**{case.part: part})
+
+
+def assert_caught(claims, case: Case) -> None:
+  """Every claim the case names (by substring) fails on the mutated evidence."""
   for text in case.fails:
     for c in _matching(claims, text):
       assert not c.holds, (f'{case.part}[{case.key!r}] mutated, yet "{c.claim}" holds: '
                            f'measured {c.measured}, expected {c.expected}, tol {c.tolerance}')
 
 
+def uncovered(claims, cases) -> list:
+  """The claims no case names."""
+  named = [t for c in cases for t in c.fails]
+  return [c.claim for c in claims if not any(t in c.claim for t in named)]
+
+
+@pytest.mark.parametrize('case', [
+    pytest.param(c, id=f'{c.app.split("/")[1]}-{c.part}-{c.key}-{i}') for i, c in enumerate(CASES)])
+def test_claims_notice_a_wrong_input(case, smoke_run):
+  evidence = _evidence(smoke_run, case.app)
+  assert all(c.holds for c in _check(case.app, evidence)), 'the unmutated smoke run must pass'
+  claims = _check(case.app, mutated(evidence, case))
+  assert_caught(claims, case)
+
+
 @pytest.mark.parametrize('app', APPS)
 def test_every_claim_is_covered_by_a_case(app, smoke_run):
   claims = _check(app, _evidence(smoke_run, app))
-  named = [t for c in CASES if c.app == app for t in c.fails]
-  uncovered = [c.claim for c in claims if not any(t in c.claim for t in named)]
-  assert not uncovered, f'claims no mutation case names: {uncovered}'
+  missing = uncovered(claims, [c for c in CASES if c.app == app])
+  assert not missing, f'claims no mutation case names: {missing}'
