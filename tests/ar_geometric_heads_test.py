@@ -54,43 +54,6 @@ def test_smoke_writes_results_whose_claims_hold(smoke_run):
 
 # --- the closed forms and the structure measures --------------------------------------------------
 
-def _authors_orthogonal_loss(c, p_rows):
-  """The orthogonal loss of the authors' Fig 3 script (github.com/michaelsdr/ical,
-  orthogonal.py), term by term, summed over the rows p_rows[T-2] = P_{T-1, 1:T}."""
-  total = 0.0
-  d = c.shape[0]
-  for p in p_rows:
-    t1 = (c.T @ c).sum()
-    t2 = (c**2).sum()
-    t3 = (c.sum(-1)[::2] * np.diagonal(c, 1)[::2]
-          + c.sum(-1)[1::2] * np.diagonal(c, -1)[::2]).sum()
-    t4 = np.diagonal(c**2, 1)[::2].sum() + np.diagonal(c**2, -1)[::2].sum()
-    p_no = np.append(p[:-2], p[-1])
-    total += (p[-2]**2 * t1 + ((p**2).sum() - p[-2]**2) * t2
-              + 2 * t3 * ((p[-2] * p).sum() - p[-2]**2)
-              + ((p_no.sum())**2 - (p_no**2).sum()) * t4 - 2 * np.trace(c) * p[-1] + d)
-  return total
-
-
-def test_orthogonal_loss_matches_the_authors_terms_and_its_zeros():
-  """`orthogonal_loss` equals the authors' term-by-term formula at random (C, P), is 0 at Lemma
-  3's and Prop 3's parameters and d (T_max - 1) at C = 0. Fails on a wrong partner index, a
-  missing grouped term or a mis-indexed row of P."""
-  rng = np.random.default_rng(0)
-  d, t_max = 6, 7
-  for _ in range(3):
-    c, p = rng.normal(size=(d, d)), rng.normal(size=(t_max, t_max))
-    want = _authors_orthogonal_loss(c, [p[t - 2, :t] for t in range(2, t_max + 1)])
-    np.testing.assert_allclose(gh.orthogonal_loss(c, p, t_max), want, rtol=1e-12)
-  lemma3 = ar.lemma3_params(d, t_max)
-  prop3 = ar.prop3_params(d, t_max)
-  for params in (lemma3, prop3):
-    c = np.asarray(params.b).T @ np.asarray(params.a)
-    assert abs(gh.orthogonal_loss(c, np.asarray(params.p), t_max)) < 1e-12
-  assert gh.orthogonal_loss(np.zeros((d, d)), rng.normal(size=(t_max, t_max)),
-                            t_max) == d * (t_max - 1)
-
-
 def test_structure_is_exact_at_the_constructions():
   """At Prop 3's and Lemma 3's constructions every structure measure is 0 (rank d/2, ratio
   -1/2); fails on an off-by-one in the rows of P or the partner of a coordinate."""
@@ -121,7 +84,7 @@ O_RANK = 'has rank d/2'
 O_RATIO = 'P_{T-1,T-1} / P_{T-1,T} = -1/2'
 O_PROD = 'Prop 6 (orthogonal): P_{T-1,T} C_ii = 1'
 MC_U = 'Prop 4 (corrected'
-MC_O = "the app's closed form"
+MC_O = 'Sec 5.2: loss (3) on orthogonal contexts'
 
 
 def _plus(fraction):

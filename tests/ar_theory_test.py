@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from icl_jax import estimators
+from icl_jax.models import ar_attention as ar
 from icl_jax.theory import autoregressive as theory
 
 Z = 5.0
@@ -290,6 +291,31 @@ def test_prop4_special_cases_and_causality(prop4_case):
     c = prop4_case['b'].T @ prop4_case['a']
     future = jnp.triu(jnp.ones((t_max, t_max)), k=2).at[t_max - 1].set(1.0)
     np.testing.assert_allclose(loss(c, p + 7.0 * future), loss(c, p), rtol=1e-12)
+
+
+def _pairs_grid(d, n):
+  """[n^(d/2), d] C_O's eigenvalues (mu_1, conj mu_1, mu_2, ...) over all (d/2)-tuples of n-th
+  roots of unity."""
+  mu = _unit_grid(d // 2, n)
+  return np.stack([mu, np.conj(mu)], axis=-1).reshape(mu.shape[0], d)
+
+
+def test_prop4_orthogonal_exact_expectation_and_zeros():
+  """prop4_loss_orthogonal = E loss (3) of eq. (6) on C_O, exactly: the loss is a trigonometric
+  polynomial in each angle of degree < 4 T_max = n, so its mean over the n-th roots of unity is
+  the uniform mean. Also 0 at Lemma 3's and Prop 3's parameters and d (T_max - 1) at C = 0.
+  Fails on a wrong partner index, a missing grouped term or a mis-indexed row of P."""
+  rng = np.random.default_rng(2)
+  h, d, t_max = 4, 4, 5
+  lam = _pairs_grid(d, 4 * t_max)
+  for _ in range(2):
+    a, b, p = rng.normal(size=(h, d)), rng.normal(size=(h, d)), rng.normal(size=(t_max, t_max))
+    exact = _model6_losses(lam, a, b, p, t_max).mean()
+    assert theory.prop4_loss_orthogonal(b.T @ a, p, t_max) == pytest.approx(exact, rel=1e-10)
+  for params in (ar.lemma3_params(d, t_max), ar.prop3_params(d, t_max)):
+    c = np.asarray(params.b).T @ np.asarray(params.a)
+    assert abs(theory.prop4_loss_orthogonal(c, np.asarray(params.p), t_max)) < 1e-12
+  assert theory.prop4_loss_orthogonal(np.zeros((d, d)), p, t_max) == d * (t_max - 1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ side by side by Adam (warmup + cosine decay) on loss (3) of sequences drawn fres
 epochs (num_train > 0, the paper preset's 2^14), always through the model code
 (`ar_attention.mean_loss`), in float32. The exact population loss of every restart is then
 computed in float64 from closed forms: Prop 4 (`theory.prop4_loss_ab`, corrected) for unitary
-contexts, and for orthogonal ones the app's own `orthogonal_loss` (Sec 5.2 says the loss is again
-a quadratic form in (C, P) but gives none; derived below and checked against Monte Carlo). The
+contexts, and for orthogonal ones `theory.prop4_loss_orthogonal` (Sec 5.2 says the loss is again
+a quadratic form in (C, P) but gives none; derived there and checked against Monte Carlo). The
 claims are checked on the restart with the lowest exact loss; every restart's loss is a metric.
 
 Cases and claims (tolerances in the config, fixed before the runs; s = sqrt(claims.loss_tol)):
@@ -187,61 +187,21 @@ def validate(config) -> None:
 
 # --- closed forms ------------------------------------------------------------------------------
 
-def orthogonal_loss(c_DxD, p_MxM, t_max: int) -> float:
-  """Loss (3) of model (6) on C_O (lambda = (mu_1, conj mu_1, ...)), exactly, float64 NumPy.
-
-  Derived as App. A.6 does Prop 4, with i' the partner of i (i' = i xor 1, 0-based) and p =
-  P_{T-1}: the monomials mu^k of the prediction's coordinate i are distinct except that every
-  term with j = i' or t = T - 1 multiplies mu_i^{T-2}, so
-
-    l_T = sum'_t p_t^2 (||C||_F^2 - sum_i C_ii'^2) - 2 p_T Tr(C) + d
-          + sum_i (C_ii' sum'_t p_t + p_{T-1} (C 1)_i)^2,
-
-  sum' over t = 1..T, t != T - 1. Zero at Lemma 3's point. (It agrees with the orthogonal loss
-  in the authors' script, github.com/michaelsdr/ical orthogonal.py, written there by terms.)
-
-  Args:
-    c_DxD: C = B^T A [d, d], d even.
-    p_MxM: P [M, M], M >= t_max (0-based row T - 2 is P_{T-1}).
-    t_max: T_max.
-
-  Returns:
-    The loss summed over T = 2..t_max (a float).
-  """
-  c = np.asarray(c_DxD, np.float64)
-  p = np.asarray(p_MxM, np.float64)
-  d = c.shape[0]
-  partner = np.arange(d) ^ 1
-  x = c[np.arange(d), partner]                       # C_ii'
-  rows = c.sum(axis=1)                               # (C 1)_i
-  fro_np = np.sum(c * c) - np.sum(x * x)
-  big_t = np.arange(2, t_max + 1)
-  cols = np.arange(t_max)
-  used = cols[None, :] < big_t[:, None]              # t <= T
-  prev = cols[None, :] == big_t[:, None] - 2         # t = T - 1
-  rows_p = np.where(used, p[:t_max - 1, :t_max], 0.0)
-  q = rows_p[np.arange(t_max - 1), big_t - 2]        # p_{T-1}
-  last = rows_p[np.arange(t_max - 1), big_t - 1]     # p_T
-  sp = np.sum(np.where(prev, 0.0, rows_p), axis=1)
-  sp2 = np.sum(np.where(prev, 0.0, rows_p**2), axis=1)
-  g = x[None, :] * sp[:, None] + q[:, None] * rows[None, :]
-  per_t = sp2 * fro_np + np.sum(g * g, axis=1) - 2.0 * last * np.trace(c) + d
-  return float(np.sum(per_t))
-
-
 _prop4 = jax.jit(theory.prop4_loss_ab, static_argnames=('t_max', 'as_printed'))
 
 
 def exact_losses(case: str, a_NxHxD, b_NxHxD, p_NxMxM, t_max: int, *,
                  as_printed: bool = False) -> np.ndarray:
   """[N] exact population loss (3), float64, of N parameter sets: Prop 4 (`theory.prop4_loss_ab`,
-  corrected, or as printed) for unitary contexts, `orthogonal_loss` for orthogonal ones."""
+  corrected, or as printed) for unitary contexts, `theory.prop4_loss_orthogonal` for orthogonal
+  ones."""
   a, b, p = (np.asarray(v, np.float64) for v in (a_NxHxD, b_NxHxD, p_NxMxM))
   if case == 'unitary':
     with jax.enable_x64():   # one compilation per shape, reused by every later call
       return np.asarray([_prop4(ai, bi, pi, t_max, as_printed=as_printed)
                          for ai, bi, pi in zip(a, b, p)], np.float64)
-  return np.asarray([orthogonal_loss(bi.T @ ai, pi, t_max) for ai, bi, pi in zip(a, b, p)])
+  return np.asarray([theory.prop4_loss_orthogonal(bi.T @ ai, pi, t_max)
+                     for ai, bi, pi in zip(a, b, p)])
 
 
 def structure_bounds(d: int, t_max: int, s: float) -> dict:
@@ -529,7 +489,7 @@ def check(config, ev):
       met['prop4_as_printed_mean_rel_excess'] = float(np.mean(printed / mean - 1.0))
     name = ('Prop 4 (corrected; as printed it double counts p_{T-1}^2 ||C||_F^2)'
             if case == 'unitary' else 'Sec 5.2: loss (3) on orthogonal contexts is a quadratic '
-            'form in (B^T A, P) (the app\'s closed form `orthogonal_loss`)')
+            'form in (B^T A, P) (`theory.prop4_loss_orthogonal`)')
     claims.append(results.Claim(
         f'{name}: closed form = Monte-Carlo mean of loss (3) through the model code at '
         f'{len(z)} random parameter sets, max |MC - closed form| / stderr <= k_mc',

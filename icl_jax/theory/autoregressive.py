@@ -8,7 +8,8 @@ prediction of s_{T+1} from e_{1:T}. The hermitian product is <a | b> = b^* a = s
   * Prop 2 (augmented tokens, one layer (4), Assumption 2, C_U): the optimal a3 b1 and the loss
     (9) along the one-step-GD line c_{-1,0} = eta (`prop2_a3b1`, `prop2_loss`).
   * Prop 4 (plain tokens, model (6), Assumption 3, C_U): loss (3) as a quadratic form in
-    C = B^T A and P (`prop4_loss`). The printed formula double counts one term; see there.
+    C = B^T A and P (`prop4_loss`). The printed formula double counts one term; see there. The
+    same for C_O's conjugate pairs, Prop 6's setting (`prop4_loss_orthogonal`).
   * Prop 7 (positional-encoding-only attention, d = 1, lambda = e^{i theta / mu}): loss (7) in
     closed form (`pe_loss`), its Hessian (`prop7_hessian`) and spectrum (`prop7_spectrum`).
 
@@ -18,8 +19,8 @@ whose 0-indexed column t - 1 is the paper's column t. Only P[T-2, :T] (p_1 .. p_
 attention is causal.
 
 Depends on jax.numpy and numpy only. Functions returning Python floats or NumPy arrays
-(`prop2_*`, `prop7_spectrum`) are plain NumPy float64, not traceable; the rest are jnp and can be
-jitted and differentiated (sizes static).
+(`prop2_*`, `prop4_loss_orthogonal`, `prop7_spectrum`) are plain NumPy float64, not traceable;
+the rest are jnp and can be jitted and differentiated (sizes static).
 
 References:
   Sander, Giryes, Suzuki, Blondel, Peyre. How do Transformers Perform In-Context Autoregressive
@@ -148,6 +149,50 @@ def prop4_loss_ab(a_HxD: jax.Array, b_HxD: jax.Array, p_MxM: jax.Array,
                   t_max: int | None = None, *, as_printed: bool = False) -> jax.Array:
   """`prop4_loss` of the heads' diagonals: A[h] = a_h, B[h] = b_h (Lemma 2), C = B^T A."""
   return prop4_loss(b_HxD.T @ a_HxD, p_MxM, t_max, as_printed=as_printed)
+
+
+def prop4_loss_orthogonal(c_DxD, p_MxM, t_max: int) -> float:
+  """Prop 4's loss (3) of model (6) on C_O (lambda = (mu_1, conj mu_1, ...)), float64 NumPy.
+
+  The orthogonal counterpart of `prop4_loss` (Prop 6's setting, Fig 3 right), not in the paper.
+
+  Derived as App. A.6 does Prop 4, with i' the partner of i (i' = i xor 1, 0-based) and p =
+  P_{T-1}: the monomials mu^k of the prediction's coordinate i are distinct except that every
+  term with j = i' or t = T - 1 multiplies mu_i^{T-2}, so
+
+    l_T = sum'_t p_t^2 (||C||_F^2 - sum_i C_ii'^2) - 2 p_T Tr(C) + d
+          + sum_i (C_ii' sum'_t p_t + p_{T-1} (C 1)_i)^2,
+
+  sum' over t = 1..T, t != T - 1. Zero at Lemma 3's point. Exact: tests/ar_theory_test.py checks it
+  against the mean of the model's loss over a grid of angles (exact quadrature).
+
+  Args:
+    c_DxD: C = B^T A [d, d], d even.
+    p_MxM: P [M, M], M >= t_max (0-based row T - 2 is P_{T-1}).
+    t_max: T_max.
+
+  Returns:
+    The loss summed over T = 2..t_max (a float).
+  """
+  c = np.asarray(c_DxD, np.float64)
+  p = np.asarray(p_MxM, np.float64)
+  d = c.shape[0]
+  partner = np.arange(d) ^ 1
+  x = c[np.arange(d), partner]                       # C_ii'
+  rows = c.sum(axis=1)                               # (C 1)_i
+  fro_np = np.sum(c * c) - np.sum(x * x)
+  big_t = np.arange(2, t_max + 1)
+  cols = np.arange(t_max)
+  used = cols[None, :] < big_t[:, None]              # t <= T
+  prev = cols[None, :] == big_t[:, None] - 2         # t = T - 1
+  rows_p = np.where(used, p[:t_max - 1, :t_max], 0.0)
+  q = rows_p[np.arange(t_max - 1), big_t - 2]        # p_{T-1}
+  last = rows_p[np.arange(t_max - 1), big_t - 1]     # p_T
+  sp = np.sum(np.where(prev, 0.0, rows_p), axis=1)
+  sp2 = np.sum(np.where(prev, 0.0, rows_p**2), axis=1)
+  g = x[None, :] * sp[:, None] + q[:, None] * rows[None, :]
+  per_t = sp2 * fro_np + np.sum(g * g, axis=1) - 2.0 * last * np.trace(c) + d
+  return float(np.sum(per_t))
 
 
 # ----------------------------------------------------------------------------------------------
