@@ -94,7 +94,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from experiments import common
+from experiments import common, registry
 from icl_jax import estimators, plotting, results, training
 from icl_jax.models import ar_attention as ar
 from icl_jax.models import transformer
@@ -105,8 +105,7 @@ matplotlib.use('Agg', force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 
 EXPERIMENT = 'autoregressive/augmented_gd'
-PAPER = ('Sander, Giryes, Suzuki, Blondel & Peyre, How do Transformers Perform In-Context '
-         'Autoregressive Learning? (ICML 2024)')
+PAPER = registry.PAPERS['autoregressive']
 SCHEDULES = ('constant', 'cosine')
 
 

@@ -60,7 +60,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from experiments import common
+from experiments import common, registry
 from icl_jax import results, training
 from icl_jax.models import ar_attention as ar
 from icl_jax.samplers import autoregressive as ar_sampler
@@ -70,8 +70,7 @@ matplotlib.use('Agg', force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 
 EXPERIMENT = 'autoregressive/positional_encoding'
-PAPER = ('Sander, Giryes, Suzuki, Blondel & Peyre, How do Transformers Perform In-Context '
-         'Autoregressive Learning? (ICML 2024)')
+PAPER = registry.PAPERS['autoregressive']
 
 
 def _number(config, field: str, low: float, *, high: float = math.inf,

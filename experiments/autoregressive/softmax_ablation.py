@@ -65,14 +65,13 @@ import numpy as np
 import optax
 from absl import logging
 
-from experiments import common
+from experiments import common, registry
 from icl_jax import plotting, results, training
 from icl_jax.models import ar_attention as ar
 from icl_jax.samplers import autoregressive as ar_sampler
 
 EXPERIMENT = 'autoregressive/softmax_ablation'
-PAPER = ('Sander, Giryes, Suzuki, Blondel & Peyre, How do Transformers Perform In-Context '
-         'Autoregressive Learning? (ICML 2024)')
+PAPER = registry.PAPERS['autoregressive']
 # name -> (softmax, MLP): the four models of Fig. 9, in this order everywhere.
 CONFIGS = {'linear': (False, False), 'linear+MLP': (False, True), 'SM': (True, False),
            'SM+MLP': (True, True)}

@@ -65,15 +65,14 @@ import matplotlib
 import numpy as np
 from absl import logging
 
-from experiments import common
+from experiments import common, registry
 from icl_jax import results, text_ar
 
 matplotlib.use('Agg', force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 
 EXPERIMENT = 'autoregressive/text_ar_fit'
-PAPER = ('Sander, Giryes, Suzuki, Blondel & Peyre, How do Transformers Perform In-Context '
-         'Autoregressive Learning? (ICML 2024)')
+PAPER = registry.PAPERS['autoregressive']
 DATASETS = ('original', 'shuffled')
 SOURCES = ('text', 'ids')
 TOKENIZERS = ('words', 'tokenizer_json')
