@@ -124,17 +124,33 @@ def jax_epoch(train: jax.Array, batch: int, impl: str):
   return epoch, optimizer
 
 
+def torch_device() -> str:
+  """The peer's device: 'cuda' when JAX runs on a GPU, else 'cpu'.
+
+  Raises:
+    ImportError: torch is not installed, or JAX runs on a GPU and torch has no CUDA (a CPU peer
+      beside a GPU JAX would not be a comparison).
+  """
+  import torch  # noqa: PLC0415  (optional peer)
+  if jax.default_backend() == 'gpu':
+    if not torch.cuda.is_available():
+      raise ImportError('torch has no CUDA while JAX runs on the GPU')
+    return 'cuda'
+  return 'cpu'
+
+
 def torch_epoch_fn(params: ar.DeepParams, train: np.ndarray, batch: int):
   """The same model, loss and Adam in PyTorch; returns (run_epoch(e) -> losses, loss0 fn)."""
   import torch  # noqa: PLC0415  (optional peer)
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
+  device = torch_device()
   d = train.shape[-1]
-  tensors = [torch.tensor(np.asarray(p), requires_grad=True) for p in params]
+  tensors = [torch.tensor(np.asarray(p), requires_grad=True, device=device) for p in params]
   a, b, g, beta = tensors
-  data = torch.tensor(np.asarray(train))
+  data = torch.tensor(np.asarray(train), device=device)
   t = data.shape[1] - 1
-  mask = torch.tril(torch.ones(t, t))
+  mask = torch.tril(torch.ones(t, t, device=device))
   opt = torch.optim.Adam(tensors, lr=_LR)
 
   def loss_of(s):
@@ -156,12 +172,12 @@ def torch_epoch_fn(params: ar.DeepParams, train: np.ndarray, batch: int):
       loss = loss_of(data[idx])
       loss.backward()
       opt.step()
-      losses.append(loss.item())
-    return np.asarray(losses)
+      losses.append(loss.detach())
+    return torch.stack(losses).cpu().numpy()  # one host sync an epoch, as the JAX side
 
   def first_loss(s):
     with torch.no_grad():
-      return float(loss_of(torch.tensor(np.asarray(s))))
+      return float(loss_of(torch.tensor(np.asarray(s), device=device)))
 
   return run_epoch, first_loss
 
@@ -197,14 +213,14 @@ def main(argv):
     first[impl] = float(run(0)[0])
     epochs[impl] = dict(run=run, compile_s=compile_s)
 
-  torch_run, torch_loss_diff = None, None
+  torch_run, torch_loss_diff, torch_skip = None, None, None
   try:
     torch_run, torch_first = torch_epoch_fn(params0, np.asarray(train), batch)
     s0 = training.epoch_batch(train, 0, jax.random.key(2), batch)
     torch_loss_diff = abs(torch_first(s0) - float(ar.mean_loss(params0, s0, impl='quadratic')))
     torch_run(0)
-  except ImportError:
-    pass
+  except ImportError as e:
+    torch_skip = str(e)
 
   # Interleaved timing: one epoch of each path per round.
   paths = {k: v['run'] for k, v in epochs.items()}
@@ -232,8 +248,11 @@ def main(argv):
     comp = f'{epochs[name]["compile_s"]:9.1f}' if name in epochs else f'{"-":>9}'
     print(f'{name:>10} {min(t):15.3f} {statistics.median(t):8.3f} {rate[name]:9.0f} {gf:8.2f} '
           f'{gf / ceiling:10.3f} {comp}')
+  precision = jax.config.jax_default_matmul_precision or 'default (TF32 on recent NVIDIA GPUs)'
+  print(f'device: JAX on {jax.default_backend()}, matmul precision {precision}; torch on '
+        f'{"-" if torch_run is None else torch_device()}')
   if torch_run is None:
-    print('torch not installed: skipped (pip install -e .[peers])')
+    print(f'torch skipped: {torch_skip} (pip install -e .[peers])')
   else:
     print(f'first-batch loss, torch - JAX: {torch_loss_diff:.2e}')
   summary = {
@@ -245,6 +264,7 @@ def main(argv):
       'torch_sequences_per_s': rate.get('torch'),
       'speedup_vs_torch': rate[best] / rate['torch'] if 'torch' in rate else None,
       'torch_loss_diff': torch_loss_diff, 'peak_rss_mb': memory.peak_rss_mb(),
+      'backend': jax.default_backend(),
   }
   print(json.dumps(summary))
 
