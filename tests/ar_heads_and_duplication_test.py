@@ -1,14 +1,16 @@
 """The heads-and-duplication app (Sander et al. 2024, Sec. 6, Figs 7 and 8).
 
 The app's own pieces: a duplicated-token model of eq. (6) is exactly a plain-token one (`as_plain`),
-Fig 8's near-equal initialisation, the head Gram matrix and its off-diagonal mass. The app: one
-smoke run (conftest's `smoke_run`), every claim caught by a mutation of its evidence (the pattern
-of tests/fgd_construction_multihead_test.py), bad input.
+Fig 8's near-equal initialisation, the head Gram matrix and its off-diagonal mass (for eq. (6) and
+for the authors' script's model, `ar_script`). The app: one smoke run (conftest's `smoke_run`)
+training both architectures, every claim of each architecture caught by a mutation of its
+evidence (the pattern of tests/fgd_construction_multihead_test.py), bad input.
 
-The paper's Fig 7 claims do not hold for eq. (6) (the app's docstring says why), so, as
-tests/mutation_test.py's TRAINED_LIKE does for runs too short for their claims, the claim builder
-is checked on the smoke run's evidence with numbers shaped like the paper's figures put in: on
-them every claim holds, and each mutation must make its claims fail.
+The paper's claims do not hold at the smoke (or quick) sizes for either architecture (the app's
+docstring says why), so, as tests/mutation_test.py's TRAINED_LIKE does for runs too short for
+their claims, the claim builder is checked on the smoke run's evidence with numbers shaped like
+the paper's figures put in: on them every claim holds, and each mutation must make its claims
+fail (and only its own architecture's).
 """
 
 import json
@@ -24,6 +26,7 @@ from experiments.autoregressive import heads_and_duplication as app
 from experiments.autoregressive.configs import heads_and_duplication as app_config
 from icl_jax import results
 from icl_jax.models import ar_attention as ar
+from icl_jax.models import ar_script
 from icl_jax.samplers import autoregressive as ar_sampler
 
 APP = 'autoregressive/heads_and_duplication'
@@ -89,32 +92,72 @@ def test_near_equal_init_and_head_gram():
   assert abs(app.offdiag_ratio(np.ones((2, 2))) - np.sqrt(0.5)) < 1e-12
 
 
+def test_script_near_equal_init_and_head_gram():
+  """The script architecture's Fig 8 pieces: init_near_equal(arch='script') is
+  `ar_script.init_near_equal` at fig8.d, fig8.heads, fig8.noise (token width 2d), and head_gram
+  uses its B_h = W_O W_V^h (one shared W_O). Fails if the app draws the script's Fig 8 model
+  from the eq. (6) init or at the wrong sizes, or takes B_h from another map."""
+  config = _config()
+  config.fig8.d, config.fig8.heads = 3, 5
+
+  @jax.jit
+  def draws(key):
+    params = app.init_near_equal(key, config, 'script')
+    return params, app.head_gram(params)
+
+  params, m = draws(jax.random.key(0))
+  assert isinstance(params, ar_script.ScriptParams)
+  assert params.w_v.shape == (5, 6, 6) and params.w_o.shape == (6, 6)
+  want = jax.jit(lambda k: ar_script.init_near_equal(k, 3, 5, config.data.t_max,
+                                                     noise=config.fig8.noise))(jax.random.key(0))
+  for got, ref in zip(params, want):
+    np.testing.assert_array_equal(got, ref)
+  b = np.einsum('ik,hkj->hij', np.asarray(params.w_o), np.asarray(params.w_v))
+  np.testing.assert_allclose(m, np.einsum('hki,hkj->ij', b, b), rtol=1e-5, atol=1e-6)
+
+
 # --- smoke run -----------------------------------------------------------------------------------
 
 def test_smoke_writes_results(smoke_run):
-  """Fails if the smoke run exits non-zero, misses a claim, a figure or the arrays, or if a
-  trained duplicated model is not its plain equivalent (float32 rounding)."""
+  """Fails if the smoke run exits non-zero, misses a claim (three per architecture, each naming
+  its architecture), a figure or the arrays of either architecture (eq. (6) under the names the
+  app had before, the script's under 'script_'), if a trained duplicated eq. (6) model is not its
+  plain equivalent (float32 rounding), or if a model did not move off its initialisation."""
   workdir = _smoke(smoke_run)
   res = json.loads((workdir / 'results.json').read_text())
-  assert res['experiment'] == APP and len(res['claims']) == 3
+  assert res['experiment'] == APP and len(res['claims']) == 6
   for c in res['claims']:
     assert np.isfinite([c['measured'], c['expected'], c['tolerance']]).all(), c
+  for arch in app.ARCHS:
+    assert sum(f', {app.ARCH_LABELS[arch]}: ' in c['claim'] for c in res['claims']) == 3, arch
   for name in res['figures']:
     assert (workdir / name).stat().st_size > 10_000, name
-  assert sorted(res['figures']) == ['figure7.png', 'figure8.png', 'train_loss.png']
+  assert sorted(res['figures']) == ['figure7.png', 'figure8.png', 'script_figure8.png',
+                                    'train_loss.png']
   met = res['metrics']
   assert met['dup_as_plain_max_abs_diff'] < 1e-5
   config = _config()
   with np.load(workdir / 'arrays.npz') as arrays:
-    assert arrays['mse'].shape == (2 * len(config.heads), config.data.num_test)
-    assert arrays['fig8_m'].shape == (2 * config.fig8.d,) * 2
-  # Training moved every model off its initialisation (init: ~1, the zero predictor's MSE).
-  for enc in app.ENCODINGS:
-    for h in config.heads:
-      assert met[f'mse_{enc}_H{h}'] < met[f'mse_init_{enc}_H{h}'], (enc, h)
+    for p in ('', 'script_'):
+      assert arrays[f'{p}mse'].shape == (2 * len(config.heads), config.data.num_test)
+      assert arrays[f'{p}fig8_m'].shape == (2 * config.fig8.d,) * 2
+    assert arrays['fig8_m_readout'].shape == (2 * config.fig8.d,) * 2
+    assert arrays[f'script_params_duplicated_H{config.heads[-1]}_P'].shape == (
+        config.heads[-1], config.data.t_max, config.data.t_max)
+  # Training moved every model off its initialisation (init: ~1, the zero predictor's MSE, for
+  # eq. (6); 1.1-1.4 for the script's read-out).
+  for p in ('', 'script_'):
+    for enc in app.ENCODINGS:
+      for h in config.heads:
+        assert met[f'{p}mse_{enc}_H{h}'] < met[f'{p}mse_init_{enc}_H{h}'], (p, enc, h)
 
 
 # --- mutation cases ------------------------------------------------------------------------------
+
+def _claim(arch: str, text: str) -> str:
+  """The substring naming one architecture's claim: 'Fig N, <label>: <text>' in the claim."""
+  return f'{app.ARCH_LABELS[arch]}: {text}'
+
 
 _C_FALLS = 'with duplicated tokens the test MSE falls'
 _C_BEATS = 'duplicated tokens beat plain ones'
@@ -122,21 +165,24 @@ _C_ORTH = 'heads become orthogonal'
 
 
 def _paper_like(evidence: results.Evidence) -> results.Evidence:
-  """The smoke evidence with numbers shaped like Figs 7 and 8 put in: plain MSE flat at ~0.9 in
-  H, duplicated MSE falling as H^-0.5 from 0.9 (x 0.71 at the smoke preset's H = 2), paired
-  per-sequence noise of 0.05; Fig 8's trained M diagonal up to 10% of the initial off-diagonal
-  entries."""
+  """The smoke evidence with numbers shaped like Figs 7 and 8 put in, for each architecture:
+  plain MSE flat at ~0.9 in H, duplicated MSE falling as H^-0.5 from 0.9 (x 0.71 at the smoke
+  preset's H = 2), paired per-sequence noise of 0.05; Fig 8's trained M diagonal up to 10% of the
+  initial off-diagonal entries."""
   config = _config()
   heads = np.asarray(config.heads, float)
   n = config.data.num_test
   rng = np.random.default_rng(0)
-  base = 0.9 + 0.1 * rng.standard_normal(n)
-  plain = base[None] + 0.05 * rng.standard_normal((len(heads), n))
-  dup = base[None] * heads[:, None] ** -0.5 + 0.05 * rng.standard_normal((len(heads), n))
-  m_init = np.asarray(evidence.measured['fig8_m_init'])
-  off = m_init - np.diag(np.diag(m_init))
-  measured = dict(evidence.measured, mse=np.concatenate([plain, dup]),
-                  fig8_m=np.diag(np.diag(m_init)) + 0.1 * off)
+  measured = dict(evidence.measured)
+  for arch in app.ARCHS:
+    p = app.prefix(arch)
+    base = 0.9 + 0.1 * rng.standard_normal(n)
+    plain = base[None] + 0.05 * rng.standard_normal((len(heads), n))
+    dup = base[None] * heads[:, None] ** -0.5 + 0.05 * rng.standard_normal((len(heads), n))
+    m_init = np.asarray(evidence.measured[f'{p}fig8_m_init'])
+    off = m_init - np.diag(np.diag(m_init))
+    measured.update({f'{p}mse': np.concatenate([plain, dup]),
+                     f'{p}fig8_m': np.diag(np.diag(m_init)) + 0.1 * off})
   return evidence._replace(measured=measured)
 
 
@@ -164,38 +210,50 @@ def _undiagonalise(m):
   return diag + 10.0 * (m - diag)
 
 
-CASES = [
-    Case(APP, 'measured', 'mse',
-         _dup_row(lambda m, r, h: 0.9 * m[r[('duplicated', h[0])]]), (_C_FALLS,),
-         why='duplicated MSE at H_max only 10% below H = 1 (no "significant" fall)'),
-    Case(APP, 'measured', 'mse',
-         _dup_row(lambda m, r, h: m[r[('plain', h[-1])]]), (_C_BEATS,),
-         why='duplicated tokens exactly as good as plain ones at H_max'),
-    Case(APP, 'measured', 'mse',
-         _dup_row(lambda m, r, h: m[r[('duplicated', h[-1])]]
-                  + np.mean(m[r[('plain', h[-1])]] - m[r[('duplicated', h[-1])]])), (_C_BEATS,),
-         why='duplicated tokens as good as plain ones on average, the per-sequence noise of '
-             'their difference unchanged (z = 0)'),
-    Case(APP, 'measured', 'fig8_m', lambda m: np.asarray(m) * 1.1, (),
-         why='a 10% larger trained M: the off-diagonal mass is scale-free, nothing must fail'),
-    Case(APP, 'measured', 'fig8_m', _undiagonalise, (_C_ORTH,),
-         why="the trained M's off-diagonal entries as large as at init (heads that did not "
-             'become orthogonal)'),
-    Case(APP, 'measured', 'fig8_m_init', lambda m: np.diag(np.diag(np.asarray(m))), (_C_ORTH,),
-         why='an initial M already diagonal: no drop of the off-diagonal mass'),
-]
+def _cases(arch: str) -> list:
+  """The mutation cases of one architecture's evidence (names with `app.prefix(arch)`)."""
+  p = app.prefix(arch)
+  return [
+      Case(APP, 'measured', f'{p}mse',
+           _dup_row(lambda m, r, h: 0.9 * m[r[('duplicated', h[0])]]),
+           (_claim(arch, _C_FALLS),),
+           why='duplicated MSE at H_max only 10% below H = 1 (no "significant" fall)'),
+      Case(APP, 'measured', f'{p}mse',
+           _dup_row(lambda m, r, h: m[r[('plain', h[-1])]]), (_claim(arch, _C_BEATS),),
+           why='duplicated tokens exactly as good as plain ones at H_max'),
+      Case(APP, 'measured', f'{p}mse',
+           _dup_row(lambda m, r, h: m[r[('duplicated', h[-1])]]
+                    + np.mean(m[r[('plain', h[-1])]] - m[r[('duplicated', h[-1])]])),
+           (_claim(arch, _C_BEATS),),
+           why='duplicated tokens as good as plain ones on average, the per-sequence noise of '
+               'their difference unchanged (z = 0)'),
+      Case(APP, 'measured', f'{p}fig8_m', lambda m: np.asarray(m) * 1.1, (),
+           why='a 10% larger trained M: the off-diagonal mass is scale-free, nothing must fail'),
+      Case(APP, 'measured', f'{p}fig8_m', _undiagonalise, (_claim(arch, _C_ORTH),),
+           why="the trained M's off-diagonal entries as large as at init (heads that did not "
+               'become orthogonal)'),
+      Case(APP, 'measured', f'{p}fig8_m_init', lambda m: np.diag(np.diag(np.asarray(m))),
+           (_claim(arch, _C_ORTH),),
+           why='an initial M already diagonal: no drop of the off-diagonal mass'),
+  ]
+
+
+CASES = [c for arch in app.ARCHS for c in _cases(arch)]
 
 
 @pytest.mark.parametrize('case', [pytest.param(c, id=f'{c.key}-{i}') for i, c in enumerate(CASES)])
 def test_claims_notice_a_wrong_input(case, smoke_run):
-  """Fails if a claim meant to catch the mutated entry still holds (or the paper-shaped evidence
-  fails a claim, or a scale-only change fails one)."""
+  """Fails if a claim meant to catch the mutated entry still holds, if a claim of the other
+  architecture fails (its evidence is untouched: the claims must read their own architecture's
+  entries), if a scale-only change fails a claim, or if the paper-shaped evidence fails one."""
   evidence = _paper_like(results.load_evidence(str(_smoke(smoke_run))))
   assert all(c.holds for c in _check(evidence)), 'the paper-shaped evidence must pass'
   claims = _check(mutated(evidence, case))
-  if not case.fails:
-    assert all(c.holds for c in claims)
   assert_caught(claims, case)
+  arch = 'script' if case.key.startswith(app.prefix('script')) else 'eq6'
+  for c in claims:
+    if not case.fails or f', {app.ARCH_LABELS[arch]}: ' not in c.claim:
+      assert c.holds, (case.key, c.claim)
 
 
 def test_every_claim_is_covered_by_a_case(smoke_run):
@@ -222,6 +280,9 @@ BAD = [
     ({'train.epochs': 3}, 'config.train.epochs'),
     ({'eval.chunk': 48}, 'config.data.num_test'),
     ({'claims.dup_fraction': 1.5}, 'config.claims.dup_fraction'),
+    ({'model.archs': ('eq6', 'eq7')}, 'config.model.archs'),
+    ({'model.archs': ()}, 'config.model.archs'),
+    ({'model.archs': ('script', 'script')}, 'config.model.archs'),
 ]
 
 
@@ -245,7 +306,11 @@ def test_presets_validate():
     app.validate(_config(preset))
 
 
-def test_bad_input_exits_2_with_one_line_and_touches_nothing(tmp_path):
+@pytest.mark.parametrize('field,override', [
+    ('config.heads', '--config.heads=(2, 4)'),
+    ('config.model.archs', "--config.model.archs=('eq6', 'transformer')"),
+])
+def test_bad_input_exits_2_with_one_line_and_touches_nothing(tmp_path, field, override):
   """Fails if the app starts work on bad input, exits with another code, prints other than one
   error line naming the field, or touches an earlier results.json."""
-  assert_bad_input_stops(APP, tmp_path, 'config.heads', '--config.heads=(2, 4)')
+  assert_bad_input_stops(APP, tmp_path, field, override)

@@ -6,9 +6,11 @@
       --workdir=/tmp/ar_heads_and_duplication
 
 The module docstring of experiments/autoregressive/heads_and_duplication.py gives the setting,
-the claims and the measured numbers. Runtime (2-core CPU shared with other jobs; CPU = user + sys
-from /usr/bin/time -v): quick 100 s CPU with an empty compilation cache, 79-80 s warm (81-158 s
-wall), 1.1-1.2 GB peak RSS; smoke ~7 s CPU warm. paper: not run (an accelerator's job).
+the two architectures (model.archs), the claims and the measured numbers. Runtime (2-core CPU
+shared with other jobs; CPU = user + sys from /usr/bin/time -v), both architectures: quick
+154-170 s CPU (95-105 s wall at load ~2), 1.1-1.5 GB peak RSS (eq6 alone: 79-80 s CPU warm, 100 s
+cold); smoke ~8 s CPU warm, ~20 s cold. paper: one NVIDIA H100, one architecture per run, seed 0:
+script 201 s, eq6 160 s (compilation included).
 """
 
 from ml_collections import config_dict
@@ -32,9 +34,18 @@ def _base():
   # authors' script (github.com/michaelsdr/ical, non_augmented.py) defaults to 64 heads.
   config.heads = (1, 2, 4, 8, 16)
   config.model = config_dict.ConfigDict({
-      'init_scale': 0.1,           # W_Q, W_K, W_V, W_O, W_Qpos, W_Kpos ~ N(0, scale^2)
-                                   # (positions p ~ N(0, 1)): `ar_attention.init_standard`
-      'pos_dim': 0,                # width of the positions p of the softmax P; 0: T_max
+      # Architectures trained on the same data and batches, each with every (encoding, H) and
+      # the Fig 8 model, each checked on the same claims: 'eq6' = eq. (6) with a positional
+      # softmax P, as Sec. 6 writes it (`ar_attention.StandardParams`); 'script' = the model of
+      # the authors' script, non_augmented.py (`ar_script`: biases, tau = T, per-head positional
+      # softmax from the token Q/K maps, shared output map, LayerNorm, linear read-out), which
+      # is what Fig 7 was produced with. Names of the script's results start with 'script_'.
+      'archs': ('eq6', 'script'),
+      'init_scale': 0.1,           # eq6 only: W_Q, W_K, W_V, W_O, W_Qpos, W_Kpos ~ N(0, scale^2)
+                                   # (positions p ~ N(0, 1)): `ar_attention.init_standard`;
+                                   # script: PyTorch's default init (`ar_script.init`)
+      'pos_dim': 0,                # eq6 only: width of the positions p of P; 0: T_max (the
+                                   # script's positions have the token width D)
   })
   # Fig 8: d = 5, duplicated tokens, one head's draw copied to every head + noise N(0, 1) x 0.05.
   config.fig8 = config_dict.ConfigDict({
@@ -42,7 +53,9 @@ def _base():
       'd': 5,                      # Sec. 6: "we take d = 5 to ease the visualization"
       'heads': 10,                 # not stated for Fig 8; 2d = one head per token coordinate
       'noise': 0.05,               # Sec. 6: ".05 x N(0, 1)" per head, on every head parameter
-      'init_scale': 0.1,           # the shared draw's scale (as config.model.init_scale)
+                                   # (script: W_Q, W_K, W_V and biases; its W_O is shared)
+      'init_scale': 0.1,           # eq6: the shared draw's scale (as config.model.init_scale);
+                                   # script: PyTorch's default init
   })
   # Sec. 6: Adam, learning rate 1e-2, 200 epochs over the fixed training set. The batch size is
   # not stated; the authors' script uses 1024. Every model (and the Fig 8 model) trains in one
@@ -58,7 +71,8 @@ def _base():
   config.eval = config_dict.ConfigDict({
       'chunk': 256,                # test sequences per vmapped block (memory: H T^2 per one)
   })
-  # Tolerances, fixed before any run (not from this app's measurements).
+  # Tolerances, fixed before any run (not from this app's measurements); the same three claims
+  # are checked for every architecture in model.archs.
   config.claims = config_dict.ConfigDict({
       # Fig 7, duplicated tokens: MSE(H_max) / MSE(H = 1) <= dup_fraction. Sec. 6 calls the gain
       # "significant"; Fig 7's values are not in the text (only its caption: MSE 0.35-1 at
@@ -85,9 +99,10 @@ _PRESETS = {
               'heads': (1, 2), 'fig8.d': 2, 'fig8.heads': 4, 'train.epochs': 4,
               'train.batch_size': 64, 'train.log_every_epochs': 2, 'train.ckpt_every_epochs': 4,
               'eval.chunk': 64},
-    # Quick (~100 s of CPU): the paper's d = 10 and T_max = 50, heads 1, 4, 16, 2^11 training
-    # sequences, 16 epochs of batch 128 (256 Adam steps, 1/13 of the paper's 3200 of batch
-    # 1024): short of convergence (see the app's docstring).
+    # Quick (~160 s of CPU for both architectures, ~80 s each): the paper's d = 10 and
+    # T_max = 50, heads 1, 4, 16, 2^11 training sequences, 16 epochs of batch 128 (256 Adam
+    # steps, 1/13 of the paper's 3200 of batch 1024): short of convergence (see the app's
+    # docstring).
     'quick': {'heads': (1, 4, 16), 'data.num_train': 2 ** 11, 'train.epochs': 16,
               'train.batch_size': 128, 'train.log_every_epochs': 2,
               'train.ckpt_every_epochs': 8},
