@@ -147,15 +147,14 @@ import numpy as np
 import optax
 from absl import logging
 
-from experiments import common
+from experiments import common, registry
 from icl_jax import plotting, results, training
 from icl_jax.models import ar_attention as ar
 from icl_jax.models import ar_script
 from icl_jax.samplers import autoregressive as ar_sampler
 
 EXPERIMENT = 'autoregressive/heads_and_duplication'
-PAPER = ('Sander, Giryes, Suzuki, Blondel & Peyre, How do Transformers Perform In-Context '
-         'Autoregressive Learning? (ICML 2024)')
+PAPER = registry.PAPERS['autoregressive']
 ENCODINGS = ('plain', 'duplicated')
 CONTEXTS = ('orthogonal', 'orthogonal_commuting')
 # The two architectures: eq. (6) as the paper writes it, and the authors' script's model
