@@ -65,6 +65,27 @@ def test_smoke_writes_results_whose_claims_hold(smoke_run):
     assert 'a3b1' in arrays.files
     assert arrays['a3b1'] == pytest.approx(res['metrics']['a3b1'])
   assert (workdir / 'evidence.npz').exists()
+  assert 'fig5_by_prefix.png' in res['figures']
+
+
+def test_prefix_views_agree_with_the_mse(smoke_run):
+  """The per-prefix evidence is the MSE's own terms: for the stack, the full transformer, GD
+  (both step rules) and least squares, the mean over T of the by-prefix error equals the mean
+  MSE, and the last-prefix metrics are the means of the last-prefix errors. Fails if a view is
+  taken along the wrong axis, from another depth, or the last prefix is not T = T_max."""
+  ev = _evidence(smoke_run)
+  _, met = _module().check(_config(), ev)
+  mv, th = ev.measured, ev.theory
+  for part, by, mse in ((mv, 'sqerr_by_prefix_linear', 'mse_linear'),
+                        (mv, 'sqerr_by_prefix_full', 'mse_full'),
+                        (th, 'sqerr_by_prefix_gd', 'mse_gd'),
+                        (th, 'sqerr_by_prefix_gd_prefix', 'mse_gd_prefix'),
+                        (th, 'sqerr_by_prefix_ls', 'mse_ls')):
+    np.testing.assert_allclose(np.mean(part[by], -1), np.mean(part[mse], -1), rtol=1e-6)
+  for i, L in enumerate(_config().linear.depths):
+    assert met[f'mse_last_linear_L{L}'] == pytest.approx(np.mean(mv['sqerr_last_linear'][i]))
+  # At the last prefix (T_max - 1 >= d pairs) least squares identifies W: GD's limit is ~0.
+  assert met['mse_last_gd_limit_least_squares'] < 1e-6
 
 
 # --- the GD baseline ---------------------------------------------------------------------------
@@ -104,7 +125,7 @@ def test_gd_prefix_errors_and_least_squares_equal_ar_gd():
     for t in range(2, t_max + 1):
       w_t = np.linalg.lstsq(s64[b, :t - 1], s64[b, 1:t], rcond=None)[0].T
       want[b] += np.sum((w_t @ s64[b, t - 1] - s64[b, t]) ** 2) / (t_max - 1)
-  np.testing.assert_allclose(app.least_squares_mse(s), want, rtol=1e-6, atol=1e-9)
+  np.testing.assert_allclose(app.least_squares_sqerr(s).mean(-1), want, rtol=1e-6, atol=1e-9)
 
 
 # --- mutation cases ----------------------------------------------------------------------------

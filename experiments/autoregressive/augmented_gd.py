@@ -58,6 +58,14 @@ zero predictor's is |s|^2 = d = 5).
   run's (2.1x). Against the per-prefix step GD (0.50 at L = 4, 0.38 at L = 6) the stack loses at
   L = 6 on every seed and at L = 4 on two of three (seed 2's L = 4 stack, 0.43, beats it): that
   claim fails there.
+  The last prefix alone (metrics 'mse_last_*', 'ratio_last_*'; fig5_by_prefix.png), a reading
+  the paper does not state: at T = T_max the pairs identify W (least squares ~1e-14), and GD with
+  its step tuned for that prefix falls geometrically with L (quick, seeds 0-2: 1.10-1.15 / 0.55-
+  0.60 / 0.22-0.24 / 0.12-0.13 at L = 1 / 2 / 4 / 6), while the stack stops improving after L = 2
+  (0.14-0.28 at L = 2, 0.13-0.41 at L = 4, 0.42-0.46 at L = 6, 1.49 in seed 2's unstable run).
+  So there the paper's pattern appears: the stack wins at L <= 2 (GD / stack 2-4x) and GD wins at
+  L = 6 by 3.2-3.8x (12.6x for the unstable run), at L = 4 by 1.2-1.8x on two seeds of three, but
+  not by ">= 10x" at these depths and this training budget.
 
 (c) Fig 10 (App. B). A "full" transformer of the same depths: read-in R^{3d} -> R^width, the GPT2
 blocks of `icl_jax.models.transformer.Decoder` (pre-LN causal softmax attention, GELU MLP, final
@@ -70,10 +78,13 @@ per-sequence difference >= 3 for every L. It holds at quick (MSE 0.81 / 0.52-0.6
 GD (a metric) the full transformer still wins at L <= 2 but not at L = 6 (0.47-0.49 vs 0.38).
 
 Figures: fig5_fig10.png (MSE vs L, log y: the stack, the full transformer, GD with its tuned step,
-GD with a step per prefix, the least-squares limit) and prop2.png (the exact loss along the GD
-line for s_0 = 0 and as printed, with eta*, the printed optimum and the learned a3 b1; a3 b1 over
-training; the learned coefficients against Prop 2's). arrays.npz: a3b1 (the learned product), a,
-b, the depths, mean MSEs, tuned steps, the grid and its MSEs.
+GD with a step per prefix, the least-squares limit), fig5_by_prefix.png (the test squared error
+against the prefix length T at the deepest L, the same five) and prop2.png (the exact loss along
+the GD line for s_0 = 0 and as printed, with eta*, the printed optimum and the learned a3 b1; a3
+b1 over training; the learned coefficients against Prop 2's). arrays.npz: a3b1 (the learned
+product), a, b, the depths, mean MSEs, tuned steps, the grid and its MSEs, and the error per
+prefix T of every model and GD ('sqerr_by_prefix_<linear|full|gd|gd_prefix|ls>', [L, T_max - 1],
+the least squares [T_max - 1]).
 
 Departures: the authors' code (github.com/michaelsdr/ical, augmented.py) normalises s_1 to unit
 norm, has biases, a 1/sqrt(3d) score scale, an output projection and a trained read-out, and
@@ -244,25 +255,34 @@ def gd_prefix_errors(s_BxKxD: jax.Array, etas_E: jax.Array, max_steps: int) -> j
   return jax.lax.map(one_eta, etas_E)
 
 
-def gd_test_mse(s_NxKxD: jax.Array, steps: int, eta_P: jax.Array) -> jax.Array:
-  """[N] MSE per sequence of `steps` GD steps (estimators.ar_gd), step eta_P[T - 2] at prefix T."""
+def gd_test_sqerr(s_NxKxD: jax.Array, steps: int, eta_P: jax.Array) -> jax.Array:
+  """[N, T_max - 1] squared error per sequence and prefix T = 2..T_max of `steps` GD steps
+  (estimators.ar_gd), step eta_P[T - 2] at prefix T; its mean over T is the MSE."""
   t_max = s_NxKxD.shape[1] - 1
   lengths = jnp.arange(2, t_max + 1)
   pred = jax.vmap(lambda s: jax.vmap(lambda t, e: estimators.ar_gd(s, steps, e, length=t))(
       lengths, eta_P))(s_NxKxD)
-  return jnp.mean(jnp.sum(jnp.square(pred - s_NxKxD[:, 2:]), axis=-1), axis=-1)
+  return jnp.sum(jnp.square(pred - s_NxKxD[:, 2:]), axis=-1)
 
 
-def least_squares_mse(s_NxKxD) -> np.ndarray:
-  """[N] MSE per sequence of GD's L -> infinity limit, W = S_yx S_xx^+ (min-norm least squares),
-  in float64 NumPy (S_xx has rank T - 1 < d for T <= d)."""
+def least_squares_sqerr(s_NxKxD) -> np.ndarray:
+  """[N, T_max - 1] squared error per sequence and prefix of GD's L -> infinity limit, W = S_yx
+  S_xx^+ (min-norm least squares), in float64 NumPy (S_xx has rank T - 1 < d for T <= d)."""
   s = np.asarray(s_NxKxD, np.float64)
   x, y = s[:, :-2], s[:, 1:-1]
   sxx = np.cumsum(np.einsum('bpi,bpj->bpij', x, x), axis=1)
   syx = np.cumsum(np.einsum('bpi,bpj->bpij', y, x), axis=1)
   w = syx @ np.linalg.pinv(sxx, rcond=1e-10, hermitian=True)
   pred = np.einsum('bpij,bpj->bpi', w, s[:, 1:-1])
-  return np.mean(np.sum((pred - s[:, 2:]) ** 2, axis=-1), axis=-1)
+  return np.sum((pred - s[:, 2:]) ** 2, axis=-1)
+
+
+def by_prefix(sqerr_XxNxP) -> dict:
+  """The per-prefix views of squared errors [..., N, P]: the mean over prefixes per sequence
+  ('mse', [..., N]), the mean over sequences per prefix ('by_prefix', [..., P]) and the last
+  prefix T = T_max per sequence ('last', [..., N])."""
+  sq = np.asarray(sqerr_XxNxP, np.float64)
+  return {'mse': sq.mean(-1), 'by_prefix': sq.mean(-2), 'last': sq[..., -1]}
 
 
 def gd_baseline(config, train_NxKxD, test_NxKxD) -> dict:
@@ -277,20 +297,25 @@ def gd_baseline(config, train_NxKxD, test_NxKxD) -> dict:
   eta_LxP = etas(config)[np.argmin(tune[:, np.asarray(depths) - 1], axis=0)]
 
   @jax.jit
-  def test_mse(s, eta_L, eta_LxP):   # every depth, both step rules: one program
-    const = [gd_test_mse(s, L, jnp.full((config.t_max - 1,), e)) for L, e in zip(depths, eta_L)]
-    prefix = [gd_test_mse(s, L, e) for L, e in zip(depths, eta_LxP)]
+  def test_sqerr(s, eta_L, eta_LxP):   # every depth, both step rules: one program
+    const = [gd_test_sqerr(s, L, jnp.full((config.t_max - 1,), e))
+             for L, e in zip(depths, eta_L)]
+    prefix = [gd_test_sqerr(s, L, e) for L, e in zip(depths, eta_LxP)]
     return jnp.stack(const), jnp.stack(prefix)
 
-  mse, mse_prefix = (np.asarray(a, np.float64) for a in test_mse(
+  const, prefix = (by_prefix(a) for a in test_sqerr(
       test_NxKxD, jnp.asarray(eta_L, jnp.float32), jnp.asarray(eta_LxP, jnp.float32)))
+  ls = by_prefix(least_squares_sqerr(test_NxKxD))
+  mse = const['mse']
   at_edge = [L for L, e in zip(depths, eta_L) if e in (etas(config)[0], etas(config)[-1])]
   if at_edge:
     logging.warning('GD step at the edge of the grid for L = %s: widen config.gd', at_edge)
   logging.info('GD: tuned eta %s; test MSE %s', np.round(eta_L, 5), np.round(mse.mean(1), 4))
   return {'depths_gd': np.asarray(depths), 'eta_gd': eta_L, 'mse_gd': mse,
-          'eta_gd_prefix': eta_LxP, 'mse_gd_prefix': mse_prefix, 'tune_mse': mse_EL,
-          'mse_ls': least_squares_mse(test_NxKxD)}
+          'eta_gd_prefix': eta_LxP, 'mse_gd_prefix': prefix['mse'], 'tune_mse': mse_EL,
+          'mse_ls': ls['mse'],
+          **{f'sqerr_{view}_{name}': part[view] for view in ('by_prefix', 'last')
+             for name, part in (('gd', const), ('gd_prefix', prefix), ('ls', ls))}}
 
 
 # --- (b), (c): depth ---------------------------------------------------------------------------
@@ -325,18 +350,18 @@ def full_models(config) -> dict:
           for L in fc.depths}
 
 
-def per_sequence_mse(family: str, config, params: dict, s_BxKxD: jax.Array) -> jax.Array:
-  """[len(depths), B] MSE per sequence (loss (3) / (T_max - 1)) of each depth's model."""
-  p = config.t_max - 1
+def prefix_sqerr(family: str, config, params: dict, s_BxKxD: jax.Array) -> jax.Array:
+  """[len(depths), B, T_max - 1] squared error per sequence and prefix T = 2..T_max of each
+  depth's model (loss (3)'s terms; their mean over T is the MSE)."""
   if family == 'linear':
-    return jnp.stack([jax.vmap(lambda s, L=L: ar.loss(
-        params[f'L{L}'], s, norm=config.linear.norm, impl='quadratic'))(s_BxKxD) / p
+    return jnp.stack([jax.vmap(lambda s, L=L: ar.loss_terms(
+        params[f'L{L}'], s, norm=config.linear.norm, impl='quadratic'))(s_BxKxD)
                       for L in config.linear.depths])
   e = augmented_tokens(s_BxKxD)
   out = []
   for L, model in full_models(config).items():
     pred = model.apply({'params': params[f'L{L}']}, e)[:, 1:]
-    out.append(jnp.mean(jnp.sum(jnp.square(pred - s_BxKxD[:, 2:]), axis=-1), axis=-1))
+    out.append(jnp.sum(jnp.square(pred - s_BxKxD[:, 2:]), axis=-1))
   return jnp.stack(out)
 
 
@@ -365,7 +390,8 @@ def train_family(family: str, config, key: jax.Array, train_NxKxD: jax.Array, wo
 
   def loss_fn(p, epoch_NxKxD, step):
     batch = jax.lax.dynamic_slice_in_dim(epoch_NxKxD, (step % per_epoch) * b, b)
-    return jnp.sum(jnp.mean(per_sequence_mse(family, config, p, batch), axis=1))
+    mse_LxB = jnp.mean(prefix_sqerr(family, config, p, batch), axis=-1)
+    return jnp.sum(jnp.mean(mse_LxB, axis=1))
 
   schedule = optax.cosine_decay_schedule(fc.lr, steps) if tc.schedule == 'cosine' else fc.lr
   logging.info('(%s) training depths %s as one program: %d epochs of %d steps, batch %d, '
@@ -398,17 +424,19 @@ def measure(config, workdir):
                                                          dc.num_train + dc.num_test)
   train_s, test_s = data[:dc.num_train], data[dc.num_train:]
   gd = gd_baseline(config, train_s, test_s)
-  mse, hists = {}, {}
+  err, hists = {}, {}
   for family in ('linear', 'full'):
     params, hists[family] = train_family(family, config, k_train, train_s, workdir)
-    mse[family] = np.asarray(jax.jit(lambda p, s, f=family: per_sequence_mse(f, config, p, s))(
-        params, test_s), np.float64)
-    logging.info('(%s) test MSE %s', family, np.round(mse[family].mean(1), 4))
+    err[family] = by_prefix(jax.jit(lambda p, s, f=family: prefix_sqerr(f, config, p, s))(
+        params, test_s))
+    logging.info('(%s) test MSE %s', family, np.round(err[family]['mse'].mean(1), 4))
 
   measured = {
       'a': np.asarray(params_a.a, np.float64), 'b': np.asarray(params_a.b, np.float64),
       'pred_one_layer': np.asarray(pred), 'loss_one_layer': np.asarray(loss_a, np.float64),
-      'mse_linear': mse['linear'], 'mse_full': mse['full'],
+      'mse_linear': err['linear']['mse'], 'mse_full': err['full']['mse'],
+      **{f'sqerr_{view}_{family}': err[family][view] for view in ('by_prefix', 'last')
+         for family in ('linear', 'full')},
       'train_loss_linear': hists['linear'].loss, 'train_loss_full': hists['full'].loss,
   }
   theory_ev = {
@@ -528,6 +556,21 @@ def check(config, ev):
             f'Fig 10, L = {L}: the full transformer beats GD, (MSE({L} tuned GD steps) - '
             f'MSE(full)) / stderr of the paired difference >= {cl.k_beats:g}', z, cl.k_beats,
             0.0, 'at_least'))
+  # Metrics only: the last prefix alone, T = T_max (W is identified once T - 1 >= d, so GD's
+  # limit is ~0 there), against GD with its step tuned for that prefix. A reading of Fig 5's
+  # "orders of magnitude" that the paper does not state (its loss (3) averages over T).
+  met['mse_last_gd_limit_least_squares'] = float(np.mean(th['sqerr_last_ls']))
+  for i, L in enumerate(depths_gd):
+    met[f'mse_last_gd_L{L}'] = float(np.mean(np.asarray(th['sqerr_last_gd'])[i]))
+    met[f'mse_last_gd_per_prefix_step_L{L}'] = float(np.mean(
+        np.asarray(th['sqerr_last_gd_prefix'])[i]))
+  for family, depths in (('linear', config.linear.depths), ('full', config.full.depths)):
+    last = np.asarray(mv[f'sqerr_last_{family}'], np.float64)
+    for i, L in enumerate(depths):
+      m = float(np.mean(last[i]))
+      met[f'mse_last_{family}_L{L}'] = m
+      met[f'ratio_last_{family}_to_gd_per_prefix_step_L{L}'] = (
+          m / met[f'mse_last_gd_per_prefix_step_L{L}'])
   return claims, met
 
 
@@ -554,6 +597,27 @@ def figures(config, ev, aux) -> dict:
               'full transformer (Fig 10)': {'marker': '^'}},
       hlines={'GD limit L -> inf (least squares)': float(np.mean(th['mse_ls']))},
       title=f'Figs 5 and 10: d = {config.d}, T_max = {config.t_max} (bands: +-2 stderr)')
+  # The error per prefix T at the deepest stack: where along the sequence each method wins.
+  top = max(config.linear.depths)
+  i_gd, t_axis = depths_gd.index(top), np.arange(2, config.t_max + 1)
+  per_t = {f'linear attention + LN, L = {top}':
+           np.asarray(mv['sqerr_by_prefix_linear'])[list(config.linear.depths).index(top)]}
+  if top in config.full.depths:
+    per_t[f'full transformer, L = {top}'] = np.asarray(mv['sqerr_by_prefix_full'])[
+        list(config.full.depths).index(top)]
+  per_t[f'GD, {top} steps, tuned step'] = np.asarray(th['sqerr_by_prefix_gd'])[i_gd]
+  per_t[f'GD, {top} steps, step tuned per prefix'] = np.asarray(
+      th['sqerr_by_prefix_gd_prefix'])[i_gd]
+  shown = np.concatenate([np.ravel(v) for v in per_t.values()])
+  per_t['GD limit (least squares)'] = np.asarray(th['sqerr_by_prefix_ls'])
+  by_t = plotting.curves(
+      t_axis, per_t, xlabel='prefix length T', ylabel='test squared error of s_{T+1}', logy=True,
+      styles={f'GD, {top} steps, tuned step': {'color': 'k'},
+              f'GD, {top} steps, step tuned per prefix': {'color': 'gray', 'ls': ':'},
+              'GD limit (least squares)': {'color': 'gray', 'ls': '--'}},
+      ylim=(np.min(shown) / 10, 2 * np.max(shown)),
+      title=f'Fig 5 by prefix: d = {config.d}, L = {top} (MSE = the mean over T)\n'
+            f'least squares ~ 0 (off the axis) once T > d')
   # Prop 2: the exact loss along the GD line, and a3 b1 during training.
   eta_star, printed = float(th['a3b1_star']), float(th['a3b1_printed'])
   a = np.asarray(mv['a'], np.float64)
@@ -591,7 +655,7 @@ def figures(config, ev, aux) -> dict:
   ax2.legend(fontsize=7)
   ax2.grid(alpha=0.3, axis='y')
   fig.tight_layout()
-  return {'fig5_fig10.png': fig5, 'prop2.png': fig}
+  return {'fig5_fig10.png': fig5, 'fig5_by_prefix.png': by_t, 'prop2.png': fig}
 
 
 def run(config, workdir) -> results.Run:
@@ -612,6 +676,9 @@ def run(config, workdir) -> results.Run:
                                                'tune_mse')},
             **{k: np.asarray(th[k]).mean(axis=-1) for k in ('mse_gd', 'mse_gd_prefix')},
             'mse_gd_limit': np.float64(np.mean(th['mse_ls'])), 'etas': etas(config),
+            **{k: np.asarray(mv[k]) for k in ('sqerr_by_prefix_linear', 'sqerr_by_prefix_full')},
+            **{k: np.asarray(th[k]) for k in ('sqerr_by_prefix_gd', 'sqerr_by_prefix_gd_prefix',
+                                               'sqerr_by_prefix_ls')},
             'train_loss_linear': mv['train_loss_linear'], 'train_loss_full': mv['train_loss_full'],
             **aux}
   return results.Run(metrics=met, claims=claims, arrays=arrays,
