@@ -15,7 +15,8 @@ Peer: when torch is installed (the optional `peers` extra), the same model writt
 each layer x <- x + LN(mask(x A^T x^T) x B^T), the prediction the first d coordinates, the same
 loss, `torch.optim.Adam`, batches from a `torch.randperm` per epoch -- from the same initial
 parameters (their losses must agree to float32 rounding; the difference is reported), timed an
-epoch at a time, one epoch of each framework in turn so both see the same load. The authors' own
+epoch at a time, one epoch of each framework in turn so both see the same load. It runs where JAX
+does: on CUDA when JAX's backend is a GPU (skipped when torch has no CUDA). The authors' own
 code (github.com/michaelsdr/ical, augmented.py) trains a slightly larger model (biases, an
 output projection per layer and a read-out) through a DataLoader; this peer is its lean core.
 
