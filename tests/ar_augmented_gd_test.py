@@ -246,12 +246,7 @@ BAD = [
 def test_validate_names_the_field(overrides, field):
   """Fails if a bad value passes validate or its message does not name the field."""
   config = _config()
-  for key, value in overrides.items():
-    node = config
-    *parents, last = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[last] = value
+  config.update_from_flattened_dict(overrides)
   with pytest.raises(common.ConfigError, match=field.replace('.', r'\.')):
     _module().validate(config)
 

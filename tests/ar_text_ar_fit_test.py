@@ -334,12 +334,7 @@ BAD = [
 
 
 def _set(config, overrides):
-  for key, value in overrides.items():
-    node = config
-    *parents, last = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[last] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

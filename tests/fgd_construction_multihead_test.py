@@ -222,12 +222,7 @@ BAD = [
 def test_validate_names_the_field(app, overrides, field):
   """Fails if a bad value passes validate or its message does not name the field."""
   config = _config(app)
-  for key, value in overrides.items():
-    node = config
-    *parents, last = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[last] = value
+  config.update_from_flattened_dict(overrides)
   with pytest.raises(common.ConfigError, match=field.replace('[', r'\[').replace(']', r'\]')):
     _module(app).validate(config)
 
