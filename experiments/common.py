@@ -111,6 +111,13 @@ def multiple_of(config, field: str, of_field: str) -> None:
     raise ConfigError(f'config.{field}={value}: must be a multiple of config.{of_field}={of}')
 
 
+def multiple_of_devices(config, field: str) -> None:
+  """A batch sharded over every device (`distributed.shard_batch`) must split evenly."""
+  value, devices = _get(config, field), jax.device_count()
+  if value % devices:
+    raise ConfigError(f'config.{field}={value}: must be a multiple of the device count {devices}')
+
+
 def _get(config, field: str):
   node = config
   for part in field.split('.'):

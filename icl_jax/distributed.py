@@ -53,6 +53,16 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def shard_batch(batch, mesh: Optional[jax.sharding.Mesh]):
+  """Inside jit: splits the leading (sample) axis of every leaf of `batch` over the mesh, so the
+  work on each sample runs on its device and XLA all-reduces what sums over samples (a mean
+  loss, its gradient). mesh None: `batch` unchanged. Each leading axis must be a multiple of
+  mesh.size (apps check their batch sizes in `validate`, `common.multiple_of_devices`)."""
+  if mesh is None:
+    return batch
+  return jax.lax.with_sharding_constraint(batch, batch_sharding(mesh))
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

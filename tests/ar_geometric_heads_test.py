@@ -164,6 +164,8 @@ def test_every_claim_is_covered_by_a_case(smoke_run):
 
 BAD = [
     ({'d': 5}, 'config.d'),
+    # batches are split over every device: conftest's 8
+    ({'train.batch_size': 12}, 'config.train.batch_size=12: must be a multiple of the device'),
     ({'t_max': 1}, 'config.t_max'),
     ({'unitary.heads': 3}, 'config.unitary.heads'),
     ({'orthogonal.heads': 4}, 'config.orthogonal.heads'),

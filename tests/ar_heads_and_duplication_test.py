@@ -267,6 +267,8 @@ def test_every_claim_is_covered_by_a_case(smoke_run):
 
 BAD = [
     ({'data.d': 0}, 'config.data.d'),
+    # batches are split over every device: conftest's 8
+    ({'train.batch_size': 12}, 'config.train.batch_size=12: must be a multiple of the device'),
     ({'data.t_max': 2}, 'config.data.t_max'),
     ({'data.context': 'unitary'}, 'config.data.context'),
     ({'data.context': 'orthogonal_commuting', 'data.d': 5}, 'config.data.d'),

@@ -54,6 +54,18 @@ def test_batch_sharding_constraint_inside_jit():
   np.testing.assert_array_equal(y, 2 * np.arange(32.0))
 
 
+def test_shard_batch_splits_every_leaf_and_none_is_identity():
+  """shard_batch under jit splits the leading axis of every leaf of a pytree 8 ways with the
+  values unchanged; with mesh=None it returns the batch itself (one device's placement)."""
+  mesh = distributed.data_mesh()
+  batch = {'s': jnp.arange(48.0).reshape(16, 3), 'w': jnp.arange(16)}
+  out = jax.jit(lambda b: distributed.shard_batch(b, mesh))(batch)
+  for name in batch:
+    assert {s.data.shape[0] for s in out[name].addressable_shards} == {2}
+    np.testing.assert_array_equal(out[name], batch[name])
+  assert distributed.shard_batch(batch, None) is batch
+
+
 # --- the config fields of a multi-process run, and who writes (experiments/common.py) -----------
 
 def _config(**fields):

@@ -104,6 +104,7 @@ paper: 2^14 sequences, 2000 epochs, 5e-3), thins L to {1, 2, 4, 6} and trains (a
 """
 
 import os
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -114,7 +115,7 @@ import optax
 from absl import logging
 
 from experiments import common, registry
-from icl_jax import estimators, plotting, results, training
+from icl_jax import distributed, estimators, plotting, results, training
 from icl_jax.models import ar_attention as ar
 from icl_jax.models import transformer
 from icl_jax.samplers import autoregressive as ar_sampler
@@ -150,6 +151,8 @@ def validate(config) -> None:
   common.multiple_of(config, 'one_layer.steps', 'one_layer.log_every')
   common.multiple_of(config, 'one_layer.ckpt_every', 'one_layer.log_every')
   common.multiple_of(config, 'data.num_train', 'train.batch_size')
+  for field in ('one_layer.batch_size', 'train.batch_size'):   # sharded over every device
+    common.multiple_of_devices(config, field)
   common.multiple_of(config, 'linear.epochs', 'train.log_every_epochs')
   common.multiple_of(config, 'full.epochs', 'train.log_every_epochs')
   common.multiple_of(config, 'train.ckpt_every_epochs', 'train.log_every_epochs')
@@ -199,21 +202,24 @@ def sequences(key: jax.Array, kind: str, d: int, t_max: int, num: int) -> jax.Ar
 
 # --- (a) Prop 2: one layer, Assumption 2 -------------------------------------------------------
 
-def train_one_layer(config, key: jax.Array, workdir: str):
-  """Adam on loss (3) over fresh unitary sequences every step; checkpoints in workdir/one_layer."""
+def train_one_layer(config, key: jax.Array, workdir: str,
+                    mesh: Optional[jax.sharding.Mesh] = None):
+  """Adam on loss (3) over fresh unitary sequences every step; checkpoints in workdir/one_layer;
+  each batch split over `mesh` (`distributed.shard_batch`)."""
   oc = config.one_layer
   k_init, k_data = jax.random.split(key)
   params = ar.init_assumption2(k_init, scale=oc.init_scale)
 
   def loss_fn(p, k):
     s = sequences(k, 'unitary', config.d, config.t_max, oc.batch_size)
-    return ar.mean_loss(p, s, impl='quadratic')
+    return ar.mean_loss(p, distributed.shard_batch(s, mesh), impl='quadratic')
 
   logging.info('(a) one layer of eq. (4), Assumption 2, unitary contexts: %d steps of %d '
                'sequences', oc.steps, oc.batch_size)
   return training.fit(loss_fn, params, optax.adam(optax.cosine_decay_schedule(oc.lr, oc.steps)),
                       key=k_data, max_steps=oc.steps, log_every=oc.log_every,
-                      ckpt_every=oc.ckpt_every, workdir=os.path.join(workdir, 'one_layer'))
+                      ckpt_every=oc.ckpt_every, workdir=os.path.join(workdir, 'one_layer'),
+                      mesh=mesh)
 
 
 def evaluate_one_layer(params: ar.Assumption2Params, s_NxKxD: jax.Array, eta_star: float):
@@ -382,10 +388,11 @@ def init_family(family: str, config, key: jax.Array) -> dict:
           for L, m in full_models(config).items()}
 
 
-def train_family(family: str, config, key: jax.Array, train_NxKxD: jax.Array, workdir: str):
+def train_family(family: str, config, key: jax.Array, train_NxKxD: jax.Array, workdir: str,
+                 mesh: Optional[jax.sharding.Mesh] = None):
   """Every depth of one family, one program: Adam, epochs over the training set (the epoch's
-  order drawn once per epoch, `training.epoch_batch`), the depths' MSEs summed. The same key
-  for both families: the same initial split, so the same batches."""
+  order drawn once per epoch, `training.epoch_batch`), the depths' MSEs summed, each batch split
+  over `mesh`. The same key for both families: the same initial split, so the same batches."""
   tc, fc = config.train, (config.linear if family == 'linear' else config.full)
   num, b = config.data.num_train, tc.batch_size
   per_epoch = num // b
@@ -398,6 +405,7 @@ def train_family(family: str, config, key: jax.Array, train_NxKxD: jax.Array, wo
 
   def loss_fn(p, epoch_NxKxD, step):
     batch = jax.lax.dynamic_slice_in_dim(epoch_NxKxD, (step % per_epoch) * b, b)
+    batch = distributed.shard_batch(batch, mesh)
     mse_LxB = jnp.mean(prefix_sqerr(family, config, p, batch), axis=-1)
     return jnp.sum(jnp.mean(mse_LxB, axis=1))
 
@@ -409,7 +417,8 @@ def train_family(family: str, config, key: jax.Array, train_NxKxD: jax.Array, wo
                        log_every=tc.log_every_epochs * per_epoch,
                        ckpt_every=tc.ckpt_every_epochs * per_epoch,
                        workdir=os.path.join(workdir, f'train_{family}'), keep_trajectory=False,
-                       pass_step=True, sample_fn=epoch_order, resample_every=per_epoch)
+                       pass_step=True, sample_fn=epoch_order, resample_every=per_epoch,
+                       mesh=mesh)
 
 
 # --- measure -----------------------------------------------------------------------------------
@@ -418,10 +427,11 @@ def measure(config, workdir):
   key = common.jax_key(config)
   d, t_max = config.d, config.t_max
   k_a, k_a_test, k_data, k_train = (jax.random.fold_in(key, i) for i in range(4))
+  mesh = distributed.data_mesh()   # training batches split over every device
 
   # (a)
   eta_star = theory.prop2_a3b1(d, t_max, s0_zero=True)
-  params_a, hist_a = train_one_layer(config, k_a, workdir)
+  params_a, hist_a = train_one_layer(config, k_a, workdir, mesh)
   s_a = jax.jit(sequences, static_argnums=(1, 2, 3, 4))(k_a_test, 'unitary', d, t_max,
                                                          config.one_layer.num_test)
   pred, gd1, loss_a, loss_p2 = jax.jit(evaluate_one_layer, static_argnums=2)(params_a, s_a,
@@ -434,7 +444,7 @@ def measure(config, workdir):
   gd = gd_baseline(config, train_s, test_s)
   err, hists = {}, {}
   for family in ('linear', 'full'):
-    params, hists[family] = train_family(family, config, k_train, train_s, workdir)
+    params, hists[family] = train_family(family, config, k_train, train_s, workdir, mesh)
     err[family] = by_prefix(jax.jit(lambda p, s, f=family: prefix_sqerr(f, config, p, s))(
         params, test_s))
     logging.info('(%s) test MSE %s', family, np.round(err[family]['mse'].mean(1), 4))

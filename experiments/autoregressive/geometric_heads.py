@@ -99,6 +99,7 @@ References:
 """
 
 import os
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -108,7 +109,7 @@ import optax
 from absl import logging
 
 from experiments import common, registry
-from icl_jax import results, training
+from icl_jax import distributed, results, training
 from icl_jax.models import ar_attention as ar
 from icl_jax.samplers import autoregressive as sampler
 from icl_jax.theory import autoregressive as theory
@@ -149,6 +150,7 @@ def validate(config) -> None:
     raise common.ConfigError(f'config.train.num_train={tc.num_train!r}: must be 0 (fresh '
                              'sequences every step) or an integer >= config.train.batch_size='
                              f'{tc.batch_size}')
+  common.multiple_of_devices(config, 'train.batch_size')   # sharded over every device
   for case in CASES:
     common.multiple_of(config, f'{case}.steps', 'train.log_every')
   common.multiple_of(config, 'train.ckpt_every', 'train.log_every')
@@ -278,11 +280,12 @@ def _schedule(tc, steps: int):
   return optax.warmup_cosine_decay_schedule(0.0, tc.lr, warmup, steps, end_value=tc.end_lr)
 
 
-def train_case(key, config, case: str, workdir: str):
+def train_case(key, config, case: str, workdir: str, mesh: Optional[jax.sharding.Mesh] = None):
   """Trains config[case].restarts random inits of model (6) side by side (float32).
 
   The restarts share each step's sequences; the summed loss gives each restart its own gradient
-  and Adam is elementwise, so they are independent runs. Checkpoints in workdir/<case>.
+  and Adam is elementwise, so they are independent runs. Each step's sequences are split over
+  `mesh` (`distributed.shard_batch`). Checkpoints in workdir/<case>.
 
   Returns:
     (params with a leading restart axis, training.History).
@@ -296,6 +299,7 @@ def train_case(key, config, case: str, workdir: str):
   params = init(jax.random.split(k_init, cc.restarts))   # jitted: one compilation, not dozens
 
   def total(params, s_BxTxD):
+    s_BxTxD = distributed.shard_batch(s_BxTxD, mesh)
     return jnp.sum(jax.vmap(lambda p: ar.mean_loss(p, s_BxTxD))(params))
 
   if tc.num_train == 0:
@@ -317,7 +321,7 @@ def train_case(key, config, case: str, workdir: str):
                'fresh sequences' if tc.num_train == 0 else f'{tc.num_train} in epochs')
   return training.fit(loss_fn, params, optax.adam(_schedule(tc, cc.steps)), key=k_data,
                       max_steps=cc.steps, log_every=tc.log_every, ckpt_every=tc.ckpt_every,
-                      workdir=os.path.join(workdir, case), pass_step=pass_step)
+                      workdir=os.path.join(workdir, case), pass_step=pass_step, mesh=mesh)
 
 
 def mc_losses(key, params, kind: str, d: int, t_max: int, num: int, chunk: int):
@@ -366,9 +370,10 @@ def measure(config, workdir):
   key = common.jax_key(config)
   d, t_max = config.d, config.t_max
   measured, theory_part, aux = {}, {}, {}
+  mesh = distributed.data_mesh()   # training batches split over every device
   for i, case in enumerate(CASES):
     k_train, k_rand, k_mc = jax.random.split(jax.random.fold_in(key, i + 1), 3)
-    params, hist = train_case(k_train, config, case, workdir)
+    params, hist = train_case(k_train, config, case, workdir, mesh)
     a, b, p = (np.asarray(v) for v in params)
     measured.update({f'a_{case}': a, f'b_{case}': b, f'p_{case}': p})
     # One Monte-Carlo program per case: the trained restarts (their test loss) and the random

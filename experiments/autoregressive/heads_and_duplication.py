@@ -140,6 +140,7 @@ does not; neither reproduces Fig 8's orthogonality as measured here.
 
 import math
 import os
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -148,7 +149,7 @@ import optax
 from absl import logging
 
 from experiments import common, registry
-from icl_jax import plotting, results, training
+from icl_jax import distributed, plotting, results, training
 from icl_jax.models import ar_attention as ar
 from icl_jax.models import ar_script
 from icl_jax.samplers import autoregressive as ar_sampler
@@ -225,6 +226,7 @@ def validate(config) -> None:
   if config.train.batch_size > config.data.num_train:
     raise common.ConfigError(f'config.train.batch_size={config.train.batch_size}: must be at '
                              f'most config.data.num_train={config.data.num_train}')
+  common.multiple_of_devices(config, 'train.batch_size')   # sharded over every device
   common.multiple_of(config, 'train.epochs', 'train.log_every_epochs')
   common.multiple_of(config, 'train.ckpt_every_epochs', 'train.log_every_epochs')
   common.positive_int(config, 'eval.chunk')
@@ -350,13 +352,14 @@ def per_sequence_mse(params, s_NxTp1xD: jax.Array, encoding: str, chunk: int) ->
 
 # --- training ------------------------------------------------------------------------------------
 
-def train(config, workdir: str, key: jax.Array, params: dict, train7, train8, arch: str = 'eq6'):
+def train(config, workdir: str, key: jax.Array, params: dict, train7, train8, arch: str = 'eq6',
+          mesh: Optional[jax.sharding.Mesh] = None):
   """Every model of one architecture (params {'fig7': tuple[, 'fig8': params]}) as one program.
 
   Each epoch's order of each training set is drawn once per epoch (fit's sample_fn with
-  resample_every = steps per epoch); step s takes the (s mod per_epoch)-th batch of it. Both
-  architectures get the same key, hence the same batches; the script's checkpoints live in
-  workdir/script/checkpoints.
+  resample_every = steps per epoch); step s takes the (s mod per_epoch)-th batch of it, split
+  over `mesh` (`distributed.shard_batch`). Both architectures get the same key, hence the same
+  batches; the script's checkpoints live in workdir/script/checkpoints.
   """
   tc = config.train
   num, b = config.data.num_train, tc.batch_size
@@ -371,10 +374,11 @@ def train(config, workdir: str, key: jax.Array, params: dict, train7, train8, ar
 
   def loss_fn(p, epoch, step):
     start = (step % per_epoch) * b
-    batch7 = jax.lax.dynamic_slice_in_dim(epoch['fig7'], start, b)
+    batch7 = distributed.shard_batch(jax.lax.dynamic_slice_in_dim(epoch['fig7'], start, b), mesh)
     total = sum(_mean_loss(pm, batch7, enc) for pm, (enc, _) in zip(p['fig7'], models))
     if 'fig8' in p:
-      batch8 = jax.lax.dynamic_slice_in_dim(epoch['fig8'], start, b)
+      batch8 = distributed.shard_batch(jax.lax.dynamic_slice_in_dim(epoch['fig8'], start, b),
+                                       mesh)
       total = total + _mean_loss(p['fig8'], batch8, 'duplicated')
     return total
 
@@ -388,7 +392,7 @@ def train(config, workdir: str, key: jax.Array, params: dict, train7, train8, ar
                       max_steps=tc.epochs * per_epoch, log_every=tc.log_every_epochs * per_epoch,
                       ckpt_every=tc.ckpt_every_epochs * per_epoch, workdir=ckpt_dir,
                       keep_trajectory=False, pass_step=True, sample_fn=epoch_order,
-                      resample_every=per_epoch)
+                      resample_every=per_epoch, mesh=mesh)
 
 
 # --- measure / check / run -----------------------------------------------------------------------
@@ -442,6 +446,7 @@ def measure(config, workdir):
     train8, test8 = jax.jit(lambda k: datasets(k, config, fc.d))(k_data8)
 
   measured, aux = {}, {'params': {}, 'hist': {}, 'P': {}}
+  mesh = distributed.data_mesh()   # training batches split over every device
   for arch in config.model.archs:
     def init(k7, k8, arch=arch):
       out = {'fig7': init_grid(k7, config, arch)}
@@ -450,7 +455,7 @@ def measure(config, workdir):
       return out
 
     params0 = jax.jit(init)(*init_keys[arch])
-    params, hist = train(config, workdir, k_train, params0, train7, train8, arch)
+    params, hist = train(config, workdir, k_train, params0, train7, train8, arch, mesh)
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), params0, params)
     ev = jax.tree.map(lambda a: np.asarray(a, np.float64),
                       _evaluate_fn(config, arch)(stacked, test7, test8))

@@ -57,7 +57,7 @@ vmapped over the models with traced switches and 4x more at batch 1024 (measured
 development machine).
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +66,7 @@ import optax
 from absl import logging
 
 from experiments import common, registry
-from icl_jax import plotting, results, training
+from icl_jax import distributed, plotting, results, training
 from icl_jax.models import ar_attention as ar
 from icl_jax.samplers import autoregressive as ar_sampler
 
@@ -122,6 +122,7 @@ def validate(config) -> None:
     raise common.ConfigError(f'config.train.batch_size={config.train.batch_size}: must be <= '
                              f'config.data.num_train={config.data.num_train}')
   common.multiple_of(config, 'data.num_train', 'train.batch_size')
+  common.multiple_of_devices(config, 'train.batch_size')   # sharded over every device
   common.multiple_of(config, 'data.num_test', 'train.batch_size')
 
 
@@ -278,8 +279,10 @@ def setup(key: jax.Array, config):
   return data[:num], data[num:], jax.tree.map(lambda a: jnp.stack([a] * len(NAMES)), one)
 
 
-def train(config, workdir: str, key: jax.Array, models: Model, train_NxKxD: jax.Array):
-  """The four models from `models`, one program, Adam, epochs over the training set.
+def train(config, workdir: str, key: jax.Array, models: Model, train_NxKxD: jax.Array,
+          mesh: Optional[jax.sharding.Mesh] = None):
+  """The four models from `models`, one program, Adam, epochs over the training set, each batch
+  split over `mesh` (`distributed.shard_batch`).
 
   Returns (final models stacked [4, ...], History with the parameters after every epoch).
   """
@@ -295,7 +298,7 @@ def train(config, workdir: str, key: jax.Array, models: Model, train_NxKxD: jax.
 
   def loss_fn(params, epoch_NxKxD, step):
     batch = jax.lax.dynamic_slice_in_dim(epoch_NxKxD, (step % per_epoch) * b, b)
-    return jnp.sum(config_losses(params, batch, mc.positional))
+    return jnp.sum(config_losses(params, distributed.shard_batch(batch, mesh), mc.positional))
 
   logging.info('training %s (%s softmax) as one program: %d sequences, %d epochs of %d steps, '
                'Adam lr %g (%s)', ', '.join(NAMES), mc.positional, num, tc.epochs, per_epoch,
@@ -306,13 +309,14 @@ def train(config, workdir: str, key: jax.Array, models: Model, train_NxKxD: jax.
                       max_steps=tc.epochs * per_epoch, log_every=per_epoch,
                       ckpt_every=tc.ckpt_every_epochs * per_epoch, workdir=workdir,
                       keep_trajectory=True, pass_step=True, sample_fn=epoch_order,
-                      resample_every=per_epoch)
+                      resample_every=per_epoch, mesh=mesh)
 
 
 def measure(config, workdir):
   key = common.jax_key(config)
   train_data, test_data, models = jax.jit(lambda k: setup(k, config))(jax.random.fold_in(key, 0))
-  final, hist = train(config, workdir, jax.random.fold_in(key, 1), models, train_data)
+  final, hist = train(config, workdir, jax.random.fold_in(key, 1), models, train_data,
+                      distributed.data_mesh())   # training batches split over every device
   cons = construction(d=config.d, heads=config.model.heads, t_max=config.t_max,
                       width=config.model.mlp_width)
   cons = jax.tree.map(lambda a: np.stack([np.asarray(a)] * len(NAMES)), cons)

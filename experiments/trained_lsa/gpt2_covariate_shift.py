@@ -82,11 +82,8 @@ def validate(config) -> None:
   if 'random' in config.train_covariances and 1.0 not in config.eval.scales:
     raise common.ConfigError(f'config.eval.scales={tuple(config.eval.scales)!r}: must include '
                              '1.0 (the training law of the random-covariance models)')
-  for field, count in (('train.batch_size', config.train.batch_size),
-                       ('eval.num_covariances', config.eval.num_covariances)):
-    if count % jax.device_count():
-      raise common.ConfigError(f'config.{field}={count}: must be a multiple of the device '
-                               f'count {jax.device_count()}')
+  for field in ('train.batch_size', 'eval.num_covariances'):
+    common.multiple_of_devices(config, field)
   for field in ('in_dist_max_error', 'beats_alpha', 'min_rise', 'min_rise_gap'):
     common.positive_float(config, f'claims.{field}')
 

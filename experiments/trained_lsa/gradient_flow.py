@@ -53,9 +53,7 @@ def validate(config) -> None:
   if config.sgd.window >= config.sgd.steps:
     raise common.ConfigError(f'config.sgd.window={config.sgd.window}: must be below '
                              f'config.sgd.steps={config.sgd.steps} (a burn-in must precede it)')
-  if config.sgd.noise_prompts % jax.device_count():
-    raise common.ConfigError(f'config.sgd.noise_prompts={config.sgd.noise_prompts}: must be a '
-                             f'multiple of the device count {jax.device_count()}')
+  common.multiple_of_devices(config, 'sgd.noise_prompts')
   for field in ('sgd.lr_fraction', 'sgd.chunk_budget_mib', 'claims.sgd_k_std'):
     common.positive_float(config, field)
 

@@ -52,14 +52,11 @@ def validate(config) -> None:
   lsa_common.validate_train(config)
   for field in ('eval.num_prompts', 'eval.direct_prompts', 'eval.chunk_budget_mib'):
     common.positive_int(config, field)
-  counts = {'eval.num_prompts': config.eval.num_prompts,
-            'eval.direct_prompts': config.eval.direct_prompts}
+  sharded = ['eval.num_prompts', 'eval.direct_prompts']
   if config.train.loss == 'monte_carlo':
-    counts['train.batch_size'] = config.train.batch_size
-  for field, count in counts.items():   # Monte-Carlo batches are sharded over every device
-    if count % jax.device_count():
-      raise common.ConfigError(f'config.{field}={count}: must be a multiple of the device '
-                               f'count {jax.device_count()}')
+    sharded.append('train.batch_size')
+  for field in sharded:   # Monte-Carlo batches are sharded over every device
+    common.multiple_of_devices(config, field)
 
 
 def _loss(config, moments, dtype, mesh):
