@@ -34,7 +34,7 @@ import json
 import os
 import statistics
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from absl import app
 from absl import flags

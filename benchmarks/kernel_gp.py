@@ -517,8 +517,8 @@ def main(argv):
           f'{no_eigh["prompts_per_s"] / jax_rows["linear"]["prompts_per_s"]:.1f}x the library, '
           f'{no_eigh["prompts_per_s"] / np_rows["linear"]["prompts_per_s"]:.1f}x NumPy; '
           f'E y^2 {no_eigh["mean_y2"]:.3f}')
-  print(f'  E y^2 is the mean of K_+\'s diagonal: 1 for linear, 1 for relu, e = 2.718 for exp '
-        f'(a check that both draw the same thing)')
+  print("  E y^2 is the mean of K_+'s diagonal: 1 for linear, 1 for relu, e = 2.718 for exp "
+        '(a check that both draw the same thing)')
   print(f'  sampler peak RSS at {num_prompts:,} prompts ({HEADLINE_KERNEL}): {sampler_rss:.1f} MiB')
   print()
   print(f'(2) Training step: 3 layers, softmax, A free, batch {batch_size:,} {TRAIN_KERNEL}-kernel '

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, assert_bad_input_stops
-from mutation_test import Case, _check, _matching, times, uncovered
+from mutation_test import Case, _check, _matching, assert_covered, times
 from experiments import common
 from icl_jax import results, text_ar
 
@@ -308,8 +308,7 @@ def test_claims_notice_a_wrong_input(smoke_run):
 def test_every_claim_is_covered_by_a_case(smoke_run):
   claims = _check(APP, _evidence(smoke_run))
   assert len(claims) == 8
-  missing = uncovered(claims, CASES)
-  assert not missing, f'claims no mutation case names: {missing}'
+  assert_covered(claims, CASES)
 
 
 # --- bad input ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ pure claim builder `check` its smoke evidence with one entry made wrong (tests/m
 Case / times / _check / _matching).
 """
 
+import functools
 import importlib
 import json
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_bad_input_stops
-from mutation_test import Case, _check, assert_caught, mutated, times, uncovered
+from mutation_test import Case, _check, assert_covered, assert_notices, times
 from experiments import common
 from icl_jax import results
 
@@ -183,18 +184,13 @@ CASES = CONSTRUCTION_CASES + MULTIHEAD_CASES
     pytest.param(c, id=f'{c.app.split("/")[1]}-{c.part}-{c.key}-{i}') for i, c in enumerate(CASES)])
 def test_claims_notice_a_wrong_input(case, smoke_run):
   """Fails if a claim meant to catch the mutated entry still holds (or the unmutated run fails)."""
-  evidence = _evidence(smoke_run, case.app)
-  assert all(c.holds for c in _check(case.app, evidence)), 'the unmutated smoke run must pass'
-  claims = _check(case.app, mutated(evidence, case))
-  assert_caught(claims, case)
+  assert_notices(functools.partial(_check, case.app), _evidence(smoke_run, case.app), case)
 
 
 @pytest.mark.parametrize('app', APPS)
 def test_every_claim_is_covered_by_a_case(app, smoke_run):
   """Fails if a claim of the smoke run is named by no mutation case above."""
-  claims = _check(app, _evidence(smoke_run, app))
-  missing = uncovered(claims, [c for c in CASES if c.app == app])
-  assert not missing, f'claims no mutation case names: {missing}'
+  assert_covered(_check(app, _evidence(smoke_run, app)), [c for c in CASES if c.app == app])
 
 
 # --- bad input -----------------------------------------------------------------------------------

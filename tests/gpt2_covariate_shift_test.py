@@ -9,13 +9,10 @@ import importlib
 import json
 import subprocess
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import ROOT, app_cmd, app_env
-from icl_jax import theory
 
 APP = 'trained_lsa/gpt2_covariate_shift'
 gcs = importlib.import_module('experiments.trained_lsa.gpt2_covariate_shift')

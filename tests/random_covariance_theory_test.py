@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from icl_jax import population, theory
-from icl_jax.models import lsa
 from icl_jax.samplers import regression
 
 th = theory.trained_lsa

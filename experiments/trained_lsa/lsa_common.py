@@ -2,7 +2,6 @@
 arrays and figures of a gradient-flow run against a closed-form optimum."""
 
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
