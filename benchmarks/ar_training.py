@@ -19,6 +19,8 @@ epoch at a time, one epoch of each framework in turn so both see the same load. 
 does: on CUDA when JAX's backend is a GPU (skipped when torch has no CUDA). The authors' own
 code (github.com/michaelsdr/ical, augmented.py) trains a slightly larger model (biases, an
 output projection per layer and a read-out) through a DataLoader; this peer is its lean core.
+With --authors_script=<a clone>/augmented.py their own model and loop are timed too (not shipped:
+their code is theirs), which is the comparison the issue's aim is stated in.
 
 Ceiling: a jitted float32 2048 x 2048 matmul, measured before and after (best of both).
 `ratio_to_ceiling` is the headline's model GFLOP/s (analytic count, `model_flop_per_sequence`)
@@ -58,6 +60,9 @@ _BATCH = flags.DEFINE_integer('batch', None, 'sequences per step (default 1024; 
 _T_MAX = flags.DEFINE_integer('t_max', None, 'T_max (default 50; 20 with --quick)')
 _D = flags.DEFINE_integer('d', 5, 'dimension of s_t (tokens have 3d coordinates)')
 _LAYERS = flags.DEFINE_integer('layers', 3, 'layers of eq. (4)')
+_AUTHORS = flags.DEFINE_string('authors_script', None, 'path to augmented.py of the authors\' '
+                               'code (a clone of github.com/michaelsdr/ical; it needs torch, '
+                               'scipy): its model and training loop are timed beside the others')
 _LR = 5e-3
 
 
@@ -183,6 +188,42 @@ def torch_epoch_fn(params: ar.DeepParams, train: np.ndarray, batch: int):
   return run_epoch, first_loss
 
 
+def authors_epoch_fn(path: str, train: np.ndarray, batch: int, layers: int):
+  """One epoch of the authors' training loop (augmented.py of github.com/michaelsdr/ical, loaded
+  from `path`, not shipped here): their `Transformer` (width 3d, `layers` layers, one head, an
+  output projection and LayerNorm per layer, a read-out), their `CustomDataset` of augmented
+  tokens (0, s_t, s_{t-1}) over our training sequences, a shuffling DataLoader, `nn.MSELoss` on
+  the first d outputs and Adam, as their `train`. Returns run_epoch(e) -> last loss."""
+  import importlib.util  # noqa: PLC0415
+  import torch  # noqa: PLC0415  (optional peer)
+  spec = importlib.util.spec_from_file_location('ical_augmented', path)
+  authors = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(authors)
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  device = torch.device(torch_device())
+  d = train.shape[-1]
+  prev = np.pad(train[:, :-1], ((0, 0), (1, 0), (0, 0)))
+  tokens = np.concatenate([np.zeros_like(train), train, prev], axis=-1)
+  loader = torch.utils.data.DataLoader(authors.CustomDataset(tokens), batch_size=batch,
+                                       shuffle=True)
+  model = authors.Transformer(dim_in=3 * d, embed_size=3 * d, num_layers=layers,
+                              forward_expansion=1, heads=1, device=device).to(device)
+  opt = torch.optim.Adam(model.parameters(), lr=_LR)
+  criterion = torch.nn.MSELoss()
+
+  def run_epoch(_):
+    for inputs, targets in loader:
+      inputs, targets = inputs.to(device), targets.to(device)
+      opt.zero_grad()
+      loss = criterion(model(inputs)[:, :, :d], targets[:, :, d:2 * d])
+      loss.backward()
+      opt.step()
+    return loss.item()
+
+  return run_epoch
+
+
 def main(argv):
   del argv
   quick = _QUICK.value
@@ -195,6 +236,16 @@ def main(argv):
     raise app.UsageError(f'--batch={batch}: must be in [1, --sequences={num}]')
   if t_max < 2:
     raise app.UsageError(f'--t_max={t_max}: must be >= 2')
+  if _AUTHORS.value:
+    if not os.path.isfile(_AUTHORS.value):
+      raise app.UsageError(f'--authors_script={_AUTHORS.value}: no such file (augmented.py of a '
+                           'clone of github.com/michaelsdr/ical)')
+    try:
+      torch_device()
+      import scipy.stats  # noqa: F401, PLC0415  (the authors' script imports it)
+    except ImportError as e:
+      raise app.UsageError(f'--authors_script needs torch and scipy: {e} (pip install -e '
+                           '.[peers] scipy)') from None
 
   ceiling = matmul_gflops(1024 if quick else 2048)
   train = dataset(num, d, t_max)
@@ -223,10 +274,17 @@ def main(argv):
   except ImportError as e:
     torch_skip = str(e)
 
+  authors_run = None
+  if _AUTHORS.value:
+    authors_run = authors_epoch_fn(_AUTHORS.value, np.asarray(train), batch, layers)
+    authors_run(0)
+
   # Interleaved timing: one epoch of each path per round.
   paths = {k: v['run'] for k, v in epochs.items()}
   if torch_run is not None:
     paths['torch'] = torch_run
+  if authors_run is not None:
+    paths['authors'] = authors_run
   times = {k: [] for k in paths}
   for i in range(1, reps + 1):
     for name, run in paths.items():
@@ -245,10 +303,14 @@ def main(argv):
   print(f'{"path":>10} {"epoch s (best)":>15} {"median":>8} {"seq/s":>9} {"GFLOP/s":>8} '
         f'{"of ceiling":>10} {"compile s":>9}')
   for name, t in times.items():
-    gf = gflops.get(name, rate[name] * model_flop_per_sequence(t_max, d, layers) / 1e9)
     comp = f'{epochs[name]["compile_s"]:9.1f}' if name in epochs else f'{"-":>9}'
-    print(f'{name:>10} {min(t):15.3f} {statistics.median(t):8.3f} {rate[name]:9.0f} {gf:8.2f} '
-          f'{gf / ceiling:10.3f} {comp}')
+    if name == 'authors':   # a larger model than the FLOP count's: no GFLOP/s
+      flops = f'{"-":>8} {"-":>10}'
+    else:
+      gf = gflops.get(name, rate[name] * model_flop_per_sequence(t_max, d, layers) / 1e9)
+      flops = f'{gf:8.2f} {gf / ceiling:10.3f}'
+    print(f'{name:>10} {min(t):15.3f} {statistics.median(t):8.3f} {rate[name]:9.0f} {flops} '
+          f'{comp}')
   precision = jax.config.jax_default_matmul_precision or 'default (TF32 on recent NVIDIA GPUs)'
   print(f'device: JAX on {jax.default_backend()}, matmul precision {precision}; torch on '
         f'{"-" if torch_run is None else torch_device()}')
@@ -264,7 +326,10 @@ def main(argv):
       'quadratic_sequences_per_s': rate['quadratic'], 'prefix_sequences_per_s': rate['prefix'],
       'torch_sequences_per_s': rate.get('torch'),
       'speedup_vs_torch': rate[best] / rate['torch'] if 'torch' in rate else None,
-      'torch_loss_diff': torch_loss_diff, 'peak_rss_mb': memory.peak_rss_mb(),
+      'torch_loss_diff': torch_loss_diff,
+      'authors_sequences_per_s': rate.get('authors'),
+      'speedup_vs_authors': rate[best] / rate['authors'] if 'authors' in rate else None,
+      'peak_rss_mb': memory.peak_rss_mb(),
       'backend': jax.default_backend(),
   }
   print(json.dumps(summary))

@@ -122,7 +122,7 @@ AR_TRAINING_KEYS = {'benchmark', 'quick', 'd', 't_max', 'layers', 'batch', 'sequ
                     'best_impl', 'sequences_per_s', 'ratio_to_ceiling', 'matmul_gflops',
                     'quadratic_sequences_per_s', 'prefix_sequences_per_s',
                     'torch_sequences_per_s', 'speedup_vs_torch', 'torch_loss_diff',
-                    'peak_rss_mb', 'backend'}
+                    'authors_sequences_per_s', 'speedup_vs_authors', 'peak_rss_mb', 'backend'}
 
 
 def test_ar_training_quick_prints_summary_json():
@@ -144,6 +144,7 @@ def test_ar_training_quick_prints_summary_json():
     assert math.isfinite(summary[name]) and summary[name] > 0, name
   assert summary['sequences_per_s'] == max(summary['quadratic_sequences_per_s'],
                                            summary['prefix_sequences_per_s'])
+  assert summary['authors_sequences_per_s'] is None and summary['speedup_vs_authors'] is None
   if summary['torch_sequences_per_s'] is not None:
     assert summary['torch_loss_diff'] < 1e-3
     assert math.isclose(summary['speedup_vs_torch'],
