@@ -53,14 +53,21 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def shard_batch(batch, mesh: Optional[jax.sharding.Mesh]):
-  """Inside jit: splits the leading (sample) axis of every leaf of `batch` over the mesh, so the
+def shard_batch(batch, mesh: Optional[jax.sharding.Mesh], axis: int = 0):
+  """Inside jit: splits the sample axis `axis` of every leaf of `batch` over the mesh, so the
   work on each sample runs on its device and XLA all-reduces what sums over samples (a mean
-  loss, its gradient). mesh None: `batch` unchanged. Each leading axis must be a multiple of
-  mesh.size (apps check their batch sizes in `validate`, `common.multiple_of_devices`)."""
+  loss, its gradient). mesh None: `batch` unchanged. That axis must be a multiple of mesh.size
+  (apps check their batch sizes in `validate`, `common.multiple_of_devices`).
+
+  Args:
+    batch: a pytree of arrays sharing the sample axis.
+    mesh: `data_mesh()`, or None.
+    axis: the sample axis (1 for batches stacked per model, [models, samples, ...]).
+  """
   if mesh is None:
     return batch
-  return jax.lax.with_sharding_constraint(batch, batch_sharding(mesh))
+  return jax.lax.with_sharding_constraint(
+      batch, NamedSharding(mesh, P(*(None,) * axis, DATA_AXIS)))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

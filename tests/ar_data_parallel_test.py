@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import FitRecorder, record_shard_batch
 from experiments.autoregressive import augmented_gd, geometric_heads, heads_and_duplication
 from experiments.autoregressive import softmax_ablation
 from experiments.autoregressive.configs import augmented_gd as augmented_gd_config
@@ -61,41 +62,12 @@ def _softmax_ablation(workdir, mesh):
                                 mesh)
 
 
-class _Fit:
-  """Stands in for training.fit: records its arguments and traces one step's loss (no run)."""
-
-  def __init__(self):
-    self.mesh = 'not called'
-
-  def __call__(self, loss_fn, params, optimizer, *, key, mesh=None, pass_step=False,
-               sample_fn=None, **_):
-    self.mesh = mesh
-
-    def step(p):
-      batch = sample_fn(key) if sample_fn is not None else key
-      return loss_fn(p, batch, 0) if pass_step else loss_fn(p, batch)
-
-    jax.eval_shape(step, params)
-    return params, None
-
-
-def _recording_shard(monkeypatch) -> list:
-  meshes, shard = [], distributed.shard_batch
-
-  def record(batch, mesh):
-    meshes.append(mesh)
-    return shard(batch, mesh)
-
-  monkeypatch.setattr(distributed, 'shard_batch', record)
-  return meshes
-
-
 @pytest.mark.parametrize('train', [_augmented_gd, _geometric_heads, _heads_and_duplication,
                                    _softmax_ablation], ids=lambda f: f.__name__[1:])
 def test_apps_split_their_batches_over_the_mesh(train, tmp_path, monkeypatch):
   """Fails if an app's training loss does not pass its batches through
   `distributed.shard_batch` with the mesh, or the mesh does not reach `training.fit`."""
-  meshes, fit = _recording_shard(monkeypatch), _Fit()
+  meshes, fit = record_shard_batch(monkeypatch), FitRecorder()
   monkeypatch.setattr(training, 'fit', fit)
   mesh = distributed.data_mesh()
   train(tmp_path, mesh)
@@ -106,7 +78,7 @@ def test_apps_split_their_batches_over_the_mesh(train, tmp_path, monkeypatch):
 def test_eight_devices_train_as_one(tmp_path, monkeypatch):
   """geometric_heads' training, run for real on one device and split over 8, gives the same
   loss at every step, and returns its parameters replicated over the 8 devices."""
-  meshes = _recording_shard(monkeypatch)
+  meshes = record_shard_batch(monkeypatch)
   _, one = _geometric_heads(tmp_path / 'one', None)
   assert meshes and all(m is None for m in meshes)
   params, eight = _geometric_heads(tmp_path / 'eight', distributed.data_mesh())

@@ -31,6 +31,10 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
+import numpy as np  # noqa: E402
+
+from icl_jax import distributed, training  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -85,3 +89,39 @@ def smoke_run(tmp_path_factory):
     return cache[app]
 
   return get
+
+
+# --- data parallelism: what an app hands to training.fit and distributed.shard_batch ------------
+
+class FitRecorder:
+  """Stands in for training.fit (monkeypatch it): records the mesh and traces one step's loss,
+  calling sample_fn as fit does, with nothing compiled or run; returns the params unchanged and
+  a one-step History of zeros."""
+
+  def __init__(self):
+    self.mesh = 'not called'
+
+  def __call__(self, loss_fn, params, optimizer, *, key, mesh=None, pass_step=False,
+               sample_fn=None, **_):
+    self.mesh = mesh
+
+    def step(p):
+      batch = sample_fn(key) if sample_fn is not None else key
+      return loss_fn(p, batch, 0) if pass_step else loss_fn(p, batch)
+
+    jax.eval_shape(step, params)
+    return params, training.History(loss=np.zeros(1), grad_norm=np.zeros(1), trajectory=params,
+                                    trajectory_steps=np.zeros(1), converged=False, resumed_from=0)
+
+
+def record_shard_batch(monkeypatch) -> list:
+  """Wraps distributed.shard_batch for the test: returns the list of the meshes it is called
+  with (at trace time)."""
+  meshes, shard = [], distributed.shard_batch
+
+  def record(batch, mesh, axis=0):
+    meshes.append(mesh)
+    return shard(batch, mesh, axis)
+
+  monkeypatch.setattr(distributed, 'shard_batch', record)
+  return meshes

@@ -275,6 +275,9 @@ def test_every_claim_is_covered_by_a_case(app, preset, smoke_run):
 
 BAD = [
     (LVC, {'kernels': ('linear', 'gauss')}, 'config.kernels'),
+    # batches are split over every device: conftest's 8
+    (LVC, {'by_activation.linear.batch_size': 12},
+     'config.by_activation.linear.batch_size=12: must be a multiple of the device count 8'),
     (LVC, {'activations': ('linear', 'tanh')}, 'config.activations'),
     (LVC, {'activations': ('linear', 'linear')}, 'config.activations'),
     (LVC, {'d': 0}, 'config.d'),

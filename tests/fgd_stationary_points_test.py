@@ -125,6 +125,8 @@ def test_every_claim_is_covered_by_a_case(smoke_run):
 
 BAD_INPUTS = [
     ({'kernels': ('linear', 'gauss')}, 'config.kernels'),
+    # batches are split over every device: conftest's 8
+    ({'train.batch_size': 12}, 'config.train.batch_size=12: must be a multiple of the device'),
     ({'activations': ('linear', 'tanh')}, 'config.activations'),
     ({'n': 0}, 'config.n'),
     ({'train.batch_size': -1}, 'config.train.batch_size'),

@@ -20,7 +20,7 @@ import optax
 from absl import logging
 
 from experiments import common
-from icl_jax import estimators, kernels, training
+from icl_jax import distributed, estimators, kernels, training
 from icl_jax.models import kernel_attention as ka
 from icl_jax.prompts import Prompt
 from icl_jax.samplers import kernel_gp
@@ -83,6 +83,7 @@ def validate_train(config) -> None:
   """config.train: sizes, steps and optimiser."""
   for field in ('batch_size', 'steps', 'resample_every', 'log_every', 'ckpt_every', 'layers'):
     common.positive_int(config, f'train.{field}')
+  common.multiple_of_devices(config, 'train.batch_size')   # sharded over every device
   for field in ('lr', 'clip', 'init_scale'):
     common.positive_float(config, f'train.{field}')
   common.multiple_of(config, 'train.steps', 'train.log_every')
@@ -191,11 +192,13 @@ def init_grid(key: jax.Array, num_models: int, *, d: int, layers: int, heads: in
 def train_grid(key: jax.Array, specs: Sequence[Spec], covs, *, activations: Sequence[str],
                tc, kernel_kw: dict, workdir: str, name: str, free_a: bool = True,
                layers_per_model: Optional[Sequence[int]] = None,
-               keep_trajectory: bool = False) -> tuple[ka.Params, training.History]:
+               keep_trajectory: bool = False,
+               mesh: Optional[jax.sharding.Mesh] = None) -> tuple[ka.Params, training.History]:
   """Trains one model per spec as one program (Appendix H.1's recipe).
 
   Adam with a per-model global-norm gradient clip (tc.clip), a minibatch of tc.batch_size K-GP
-  prompts per model, redrawn every tc.resample_every steps (the paper: 30000 every 10).
+  prompts per model, redrawn every tc.resample_every steps (the paper: 30000 every 10), split
+  over `mesh` (`distributed.shard_batch` on the prompt axis; the state replicated on it).
   Checkpoints under workdir/name; History.loss is the sum of the models' losses.
 
   Args:
@@ -210,6 +213,7 @@ def train_grid(key: jax.Array, specs: Sequence[Spec], covs, *, activations: Sequ
     free_a: False: A_l = 0 (Theorem 4.5).
     layers_per_model: layers of each model (<= tc.layers); default all tc.layers.
     keep_trajectory: keep params every tc.log_every steps (Figs 3, 5, 6).
+    mesh: `distributed.data_mesh()` for data parallelism, or None.
   """
   activations = tuple(activations)
   d = covs.sigma.shape[-1]
@@ -221,10 +225,17 @@ def train_grid(key: jax.Array, specs: Sequence[Spec], covs, *, activations: Sequ
 
   def sample_fn(k):
     kp, cmask = sample_grid(k, specs, covs, batch=tc.batch_size, kernel_kw=kernel_kw)
-    return kp.prompt, cmask
+    prompts = kp.prompt
+    if mesh is not None:
+      # Drawn whole on every device, split only in the loss: the labels V sqrt|L| g take the
+      # signs of eigh's eigenvectors, which change with how a batch is split, so a draw split
+      # over the devices would not be the one-device draw (same law, other numbers).
+      prompts = jax.lax.with_sharding_constraint(prompts, distributed.replicated(mesh))
+    return prompts, cmask
 
   def loss_fn(p, batch):
     prompts, cmask = batch
+    prompts = distributed.shard_batch(prompts, mesh, axis=1)   # [M, batch, ...]
     losses = model_losses(p, prompts, cmask, lmasks, activations=activations, free_a=free_a)
     return jnp.sum(jnp.mean(losses, axis=1))
 
@@ -235,7 +246,7 @@ def train_grid(key: jax.Array, specs: Sequence[Spec], covs, *, activations: Sequ
   return training.fit(loss_fn, params, optimizer, key=k_data, max_steps=tc.steps,
                       log_every=tc.log_every, ckpt_every=tc.ckpt_every,
                       workdir=os.path.join(workdir, name), keep_trajectory=keep_trajectory,
-                      sample_fn=sample_fn, resample_every=tc.resample_every)
+                      sample_fn=sample_fn, resample_every=tc.resample_every, mesh=mesh)
 
 
 # --- evaluation --------------------------------------------------------------------------------

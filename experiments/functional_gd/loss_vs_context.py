@@ -33,7 +33,7 @@ from ml_collections import config_dict
 
 from experiments import common
 from experiments.functional_gd import fgd_common as fc
-from icl_jax import plotting, results
+from icl_jax import distributed, plotting, results
 from icl_jax.models import kernel_attention as ka
 
 EXPERIMENT = 'functional_gd/loss_vs_context'
@@ -81,6 +81,7 @@ def validate_by_activation(config, activations: Sequence[str]) -> None:
     for field in OPTIMIZER_FIELDS:
       check = common.positive_int if field in ('batch_size', 'steps') else common.positive_float
       check(config, f'by_activation.{act}.{field}')
+    common.multiple_of_devices(config, f'by_activation.{act}.batch_size')   # sharded
 
 
 def validate_train(config) -> None:
@@ -233,9 +234,9 @@ def free_a_of(config) -> tuple:
   return tuple(config.by_activation[a].free_a for a in config.activations)
 
 
-def train_all(config, workdir: str, specs, covs, *, layers_per_model=None):
+def train_all(config, workdir: str, specs, covs, *, layers_per_model=None, mesh=None):
   """One grid per activation, each one program (fc.train_grid), all from the same key: every
-  activation sees the same initial draws and training prompts.
+  activation sees the same initial draws and training prompts; each batch split over `mesh`.
 
   A grid whose loss turns non-finite (FloatingPointError from training.fit: an exp-attention
   model whose features overflow float32 on a rare prompt, see the config) is trained again from
@@ -259,7 +260,7 @@ def train_all(config, workdir: str, specs, covs, *, layers_per_model=None):
       try:
         p, h = fc.train_grid(key, specs, covs, activations=(act,), tc=tc,
                              kernel_kw=fc.kernel_kwargs(config), workdir=workdir, name=name,
-                             free_a=free_a, layers_per_model=layers_per_model)
+                             free_a=free_a, layers_per_model=layers_per_model, mesh=mesh)
         loss, failed = h.loss, 0
         break
       except FloatingPointError as e:
@@ -291,7 +292,8 @@ def specs_of(config):
 def measure(config, workdir):
   covs = fc.covariances(config)
   specs = specs_of(config)
-  params, train_losses, diverged, lrs, tries = train_all(config, workdir, specs, covs)
+  params, train_losses, diverged, lrs, tries = train_all(config, workdir, specs, covs,
+                                                         mesh=distributed.data_mesh())
   sc = evaluate_activations(jax.random.fold_in(common.jax_key(config), 2), params, specs, covs,
                             activations=config.activations, kernel_kw=fc.kernel_kwargs(config),
                             num_prompts=config.eval.num_prompts, chunk=config.eval.chunk,

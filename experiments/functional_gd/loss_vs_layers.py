@@ -27,7 +27,7 @@ import numpy as np
 from experiments import common
 from experiments.functional_gd import fgd_common as fc
 from experiments.functional_gd import loss_vs_context as lvc
-from icl_jax import results
+from icl_jax import distributed, results
 
 EXPERIMENT = 'functional_gd/loss_vs_layers'
 
@@ -66,8 +66,8 @@ def specs_of(config):
 def measure(config, workdir):
   covs = fc.covariances(config)
   specs, layers = specs_of(config)
-  params, train_losses, diverged, lrs, tries = lvc.train_all(config, workdir, specs, covs,
-                                                             layers_per_model=layers)
+  params, train_losses, diverged, lrs, tries = lvc.train_all(
+      config, workdir, specs, covs, layers_per_model=layers, mesh=distributed.data_mesh())
   sc = lvc.evaluate_activations(jax.random.fold_in(common.jax_key(config), 2), params, specs,
                                 covs, activations=config.activations,
                                 kernel_kw=fc.kernel_kwargs(config),

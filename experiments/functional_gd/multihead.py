@@ -32,7 +32,7 @@ import optax
 
 from experiments import common
 from experiments.functional_gd import fgd_common
-from icl_jax import estimators, kernels, plotting, results
+from icl_jax import distributed, estimators, kernels, plotting, results
 from icl_jax.samplers import kernel_gp
 
 EXPERIMENT = 'functional_gd/multihead'
@@ -184,7 +184,8 @@ def measure(config, workdir):
     # The same key for every model: the same initial-key split, so the same training prompts.
     params, hist = fgd_common.train_grid(
         k_train, specs, covs, activations=acts, tc=tc, kernel_kw=kw, workdir=workdir,
-        name=f'model_{model_name(acts)}', free_a=config.free_a, layers_per_model=depths)
+        name=f'model_{model_name(acts)}', free_a=config.free_a, layers_per_model=depths,
+        mesh=distributed.data_mesh())
     params_list.append(params)
     hists.append(hist)
   ev = paired_evaluation(k_eval, params_list, [tuple(a) for a in config.models], specs, covs,

@@ -53,7 +53,7 @@ from absl import logging
 
 from experiments import common
 from experiments.functional_gd import fgd_common as fc
-from icl_jax import kernels, metrics, plotting, results, training
+from icl_jax import distributed, kernels, metrics, plotting, results, training
 from icl_jax.models import kernel_attention as ka
 from icl_jax.samplers import kernel_gp
 
@@ -198,13 +198,14 @@ def learning_rate(tc):
        optax.cosine_decay_schedule(tc.lr, tc.steps - start, alpha=tc.lr_final)], [start])
 
 
-def train_conditional(key: jax.Array, config, covs, workdir: str):
+def train_conditional(key: jax.Array, config, covs, workdir: str, mesh=None):
   """Every group trained as ONE program on the loss (5) given X (`conditional_loss`).
 
   As `fgd_common.train_grid` (init N(0, init_scale^2), Adam with a per-model global-norm clip,
   a batch per block of resample_every steps, checkpoints), except that the groups share each
   batch of covariates (model m of every group sees the same X, K_+): drawing a batch costs
   about a step of one group, so one draw for all groups makes a fresh batch every step cheap.
+  Each batch is split over `mesh` (`distributed.shard_batch` on the prompt axis).
 
   Returns:
     ({group name: Params with leading model axis}, training.History).
@@ -224,7 +225,7 @@ def train_conditional(key: jax.Array, config, covs, workdir: str):
     return sample_models(k, ms, covs, n=config.n, batch=tc.batch_size, kernel_kw=kernel_kw)
 
   def loss_fn(p, batch):
-    x, k = batch
+    x, k = distributed.shard_batch(batch, mesh, axis=1)   # [M, batch, ...]
     total = 0.0
     for mode, act in gs:
       one = lambda pm, xb, kb, act=act, free=(mode == 'free'): conditional_loss(
@@ -240,10 +241,10 @@ def train_conditional(key: jax.Array, config, covs, workdir: str):
   return training.fit(loss_fn, params, _per_group({g: tx for g in params}), key=k_data,
                       max_steps=tc.steps, log_every=tc.log_every, ckpt_every=tc.ckpt_every,
                       workdir=os.path.join(workdir, 'conditional'), keep_trajectory=True,
-                      sample_fn=sample_fn, resample_every=tc.resample_every)
+                      sample_fn=sample_fn, resample_every=tc.resample_every, mesh=mesh)
 
 
-def train_sampled(key: jax.Array, config, covs, workdir: str):
+def train_sampled(key: jax.Array, config, covs, workdir: str, mesh=None):
   """Appendix H.1's recipe: sampled labels, one `fgd_common.train_grid` program per group."""
   tc = types.SimpleNamespace(**config.train.to_dict())
   tc.lr = learning_rate(config.train)   # optax.adam takes a schedule as well as a number
@@ -254,7 +255,7 @@ def train_sampled(key: jax.Array, config, covs, workdir: str):
     params[name], hist = fc.train_grid(
         jax.random.fold_in(key, i), specs, covs, activations=(act,), tc=tc,
         kernel_kw=fc.kernel_kwargs(config), workdir=workdir, name=name, free_a=mode == 'free',
-        keep_trajectory=True)
+        keep_trajectory=True, mesh=mesh)
     trajectories[name] = hist.trajectory
     losses.append(hist.loss)
   hist = hist._replace(trajectory=trajectories, loss=np.sum(losses, axis=0))
@@ -320,7 +321,7 @@ def measure(config, workdir):
   covs = fc.covariances(config)
   key = jax.random.fold_in(common.jax_key(config), 1)   # fold 0 drew Sigma (fc.covariances)
   train = train_conditional if config.train.loss == 'conditional' else train_sampled
-  _, hist = train(key, config, covs, workdir)
+  _, hist = train(key, config, covs, workdir, distributed.data_mesh())
   k, s = len(config.kernels), config.num_seeds
   layers = config.train.layers
   measured, trajectories = {}, {}
