@@ -92,6 +92,22 @@ def test_near_equal_init_and_head_gram():
   assert abs(app.offdiag_ratio(np.ones((2, 2))) - np.sqrt(0.5)) < 1e-12
 
 
+def test_offcoord_ratio_leaves_out_the_duplicate_stripes():
+  """Fig 8's statistic: 0 on [[D, D], [D, D]] (a diagonal D: each coordinate of s with its own
+  duplicate, the pattern W_V's equal column-half gradients lead to) where the plain off-diagonal
+  mass is sqrt(1/2); on a 4 x 4 M (d = 2) with ones everywhere it is sqrt(8/16) (the 8 entries
+  (i, j) with i != j mod 2). Fails on a mask that drops the stripes' neighbours or keeps them."""
+  dd = np.diag([1.0, 2.0, 3.0])
+  tiled = np.block([[dd, dd], [dd, dd]])
+  assert app.offcoord_ratio(tiled, 3) == 0.0
+  assert abs(app.offdiag_ratio(tiled) - np.sqrt(0.5)) < 1e-12
+  assert abs(app.offcoord_ratio(np.ones((4, 4)), 2) - np.sqrt(0.5)) < 1e-12
+  m = np.eye(4)
+  m[0, 1] = m[1, 0] = 1.0            # coordinates 0 and 1 of s: counted
+  m[0, 2] = m[2, 0] = 5.0            # coordinate 0 and its duplicate: left out
+  assert abs(app.offcoord_ratio(m, 2) - np.sqrt(2.0 / (4 + 2 + 50))) < 1e-12
+
+
 def test_script_near_equal_init_and_head_gram():
   """The script architecture's Fig 8 pieces: init_near_equal(arch='script') is
   `ar_script.init_near_equal` at fig8.d, fig8.heads, fig8.noise (token width 2d), and head_gram
@@ -203,6 +219,15 @@ def _dup_row(fn):
   return mutate
 
 
+def _with_duplicate_stripes(m):
+  """M with each (i, i +- d) entry set to M_ii: a trained M tiled like [[N, N], [N, N]]."""
+  m = np.array(m)
+  d = m.shape[0] // 2
+  for i in range(d):
+    m[i, i + d] = m[i + d, i] = m[i, i]
+  return m
+
+
 def _undiagonalise(m):
   """diag(M) + 10 offdiag(M): the paper-shaped trained M's off-diagonal part back at init."""
   m = np.asarray(m)
@@ -229,6 +254,9 @@ def _cases(arch: str) -> list:
                'their difference unchanged (z = 0)'),
       Case(APP, 'measured', f'{p}fig8_m', lambda m: np.asarray(m) * 1.1, (),
            why='a 10% larger trained M: the off-diagonal mass is scale-free, nothing must fail'),
+      Case(APP, 'measured', f'{p}fig8_m', _with_duplicate_stripes, (),
+           why='stripes as large as the diagonal (a coordinate and its duplicate, the pattern '
+               'equal column-half gradients lead to) are not a failure of orthogonality'),
       Case(APP, 'measured', f'{p}fig8_m', _undiagonalise, (_claim(arch, _C_ORTH),),
            why="the trained M's off-diagonal entries as large as at init (heads that did not "
                'become orthogonal)'),

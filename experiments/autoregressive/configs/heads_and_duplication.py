@@ -85,9 +85,11 @@ def _base():
       # per-sequence paired difference >= k_beats (one-sided, 3 stderr: a 0.1% chance of a
       # false pass from test-set noise).
       'k_beats': 3.0,
-      # Fig 8: off-diagonal mass ||offdiag(M)||_F / ||M||_F of M = sum_h B_h^T B_h after
-      # training <= offdiag_fraction x at init. Fig 8 shows a dense M at init and a visibly
-      # diagonal one after training: "visibly" is read as at most half the initial mass.
+      # Fig 8: the mass of M = sum_h B_h^T B_h between different coordinates of s,
+      # ||M_ij (i != j mod d)||_F / ||M||_F, after training <= offdiag_fraction x at init (the
+      # +-d stripes pair a coordinate with its duplicate: Sec. 6 reads them as duplication's
+      # mark, apart from the orthogonality). Fig 8 shows a dense M at init and a visibly
+      # orthogonal one after training: "visibly" is read as at most half the initial mass.
       'offdiag_fraction': 0.5,
   })
   return config
