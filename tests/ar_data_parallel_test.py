@@ -1,7 +1,8 @@
 """The autoregressive apps train data parallel: the same numbers on 8 devices as on one.
 
-Each training app of the suite splits every batch over `distributed.data_mesh()`
-(`distributed.shard_batch`) and replicates its train state over it (`training.fit(mesh=)`).
+Each training app of the suite splits every batch (positional_encoding: its full batch) over
+`distributed.data_mesh()` (`distributed.shard_batch`) and replicates its train state over it
+(`training.fit(mesh=)`).
 In this process (8 simulated CPU devices, conftest): every app's train function, at its smoke
 sizes with `training.fit` replaced by a recorder that traces one step, must route its batches
 and the mesh there (cheap: nothing compiles); one app's training (geometric_heads), run for real
@@ -15,10 +16,11 @@ import pytest
 
 from conftest import FitRecorder, record_shard_batch
 from experiments.autoregressive import augmented_gd, geometric_heads, heads_and_duplication
-from experiments.autoregressive import softmax_ablation
+from experiments.autoregressive import positional_encoding, softmax_ablation
 from experiments.autoregressive.configs import augmented_gd as augmented_gd_config
 from experiments.autoregressive.configs import geometric_heads as geometric_heads_config
 from experiments.autoregressive.configs import heads_and_duplication as heads_config
+from experiments.autoregressive.configs import positional_encoding as positional_config
 from experiments.autoregressive.configs import softmax_ablation as softmax_config
 from icl_jax import distributed, training
 
@@ -62,15 +64,22 @@ def _softmax_ablation(workdir, mesh):
                                 mesh)
 
 
+def _positional_encoding(workdir, mesh):
+  config = positional_config.get_config('smoke')
+  return positional_encoding.train(config, str(workdir), jax.random.key(0), mesh)
+
+
 @pytest.mark.parametrize('train', [_augmented_gd, _geometric_heads, _heads_and_duplication,
-                                   _softmax_ablation], ids=lambda f: f.__name__[1:])
+                                   _positional_encoding, _softmax_ablation],
+                         ids=lambda f: f.__name__[1:])
 def test_apps_split_their_batches_over_the_mesh(train, tmp_path, monkeypatch):
   """Fails if an app's training loss does not pass its batches through
   `distributed.shard_batch` with the mesh, or the mesh does not reach `training.fit`."""
   meshes, fit = record_shard_batch(monkeypatch), FitRecorder()
   monkeypatch.setattr(training, 'fit', fit)
   mesh = distributed.data_mesh()
-  train(tmp_path, mesh)
+  with pytest.raises(FitRecorder.Stop):
+    train(tmp_path, mesh)
   assert fit.mesh is mesh, 'training.fit did not get the mesh'
   assert meshes and all(m is mesh for m in meshes), 'the batches are not split over the mesh'
 

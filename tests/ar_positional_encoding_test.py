@@ -203,6 +203,8 @@ BAD = [
     ({'mus': (0.5, 50)}, 'config.mus'),
     ({'reference_mu': 0.5}, 'config.reference_mu'),
     ({'num_sequences': 0}, 'config.num_sequences'),
+    # the sequences are split over every device: conftest's 8
+    ({'num_sequences': 12}, 'config.num_sequences=12: must be a multiple of the device'),
     ({'quad_nodes': -1}, 'config.quad_nodes'),
     ({'train.lr': 1.0}, 'config.train.lr'),
     ({'train.max_steps': 1001}, 'config.train.max_steps'),

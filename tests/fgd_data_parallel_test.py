@@ -52,7 +52,8 @@ def test_training_splits_its_batches_over_the_mesh(train, tmp_path, monkeypatch)
   meshes, fit = record_shard_batch(monkeypatch), FitRecorder()
   monkeypatch.setattr(training, 'fit', fit)
   mesh = distributed.data_mesh()
-  train(tmp_path, mesh)
+  with pytest.raises(FitRecorder.Stop):
+    train(tmp_path, mesh)
   assert fit.mesh is mesh, 'training.fit did not get the mesh'
   assert meshes and all(m is mesh for m in meshes), 'the batches are not split over the mesh'
 

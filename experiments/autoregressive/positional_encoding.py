@@ -52,6 +52,7 @@ sys from /usr/bin/time -v): 23/23 claims hold on each seed.
 """
 
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +62,7 @@ import optax
 from absl import logging
 
 from experiments import common, registry
-from icl_jax import results, training
+from icl_jax import distributed, results, training
 from icl_jax.models import ar_attention as ar
 from icl_jax.samplers import autoregressive as ar_sampler
 from icl_jax.theory import autoregressive as theory
@@ -101,6 +102,7 @@ def validate(config) -> None:
   for field in ('num_sequences', 'quad_nodes', 'train.max_steps', 'train.log_every',
                 'train.ckpt_every', 'cosine.dim'):
     common.positive_int(config, field)
+  common.multiple_of_devices(config, 'num_sequences')   # split over every device
   # GD on the T-averaged loss is stable for lr < 2 / lambda_max, lambda_max <= 2 T / (T - 1).
   _number(config, 'train.lr', 0.0, high=(t - 1) / t, low_open=True, high_open=True)
   if config.train.max_steps % config.train.log_every:
@@ -186,15 +188,16 @@ def model_losses(p_MxTxT: jax.Array, s_MxNxKx1: jax.Array) -> jax.Array:
   return jax.vmap(lambda p, s: ar.mean_loss(ar.PEOnlyParams(p=p), s))(p_MxTxT, s_MxNxKx1) / (t - 1)
 
 
-def train(config, workdir, key: jax.Array) -> dict:
-  """GD from P = 0 for every mu at once, each stopped at its first step below the threshold."""
+def train(config, workdir, key: jax.Array, mesh: Optional[jax.sharding.Mesh] = None) -> dict:
+  """GD from P = 0 for every mu at once, each stopped at its first step below the threshold; the
+  sequences split over `mesh` (`distributed.shard_batch` on their axis 1, [M, N, ...])."""
   tr, t = config.train, config.t
   thr = float(tr.loss_threshold)
   k_data, k_fit = jax.random.split(key)
   sample = lambda _: make_dataset(k_data, config)   # a fixed dataset (the key of fit unused)
 
   def loss_fn(p_MxTxT, s):
-    loss_M = model_losses(p_MxTxT, s)
+    loss_M = model_losses(p_MxTxT, distributed.shard_batch(s, mesh, axis=1))
     # Early stopping per mu: a mu whose loss is below the threshold gets no gradient (its P
     # stays where it first went below); the value is still the sum of all the losses.
     active_M = jax.lax.stop_gradient(loss_M >= thr)
@@ -207,7 +210,7 @@ def train(config, workdir, key: jax.Array) -> dict:
   p_final, hist = training.fit(
       loss_fn, jnp.zeros((m, t, t), jnp.float32), optax.sgd(tr.lr), key=k_fit,
       max_steps=tr.max_steps, log_every=tr.log_every, ckpt_every=tr.ckpt_every, workdir=workdir,
-      grad_tol=0.0, sample_fn=sample, resample_every=tr.log_every)
+      grad_tol=0.0, sample_fn=sample, resample_every=tr.log_every, mesh=mesh)
   data = sample(None)
   traj_points = jnp.asarray(hist.trajectory)
   curve = jax.jit(lambda traj, s: jax.lax.map(lambda p: model_losses(p, s), traj))(traj_points,
@@ -237,7 +240,7 @@ def measure(config, workdir):
                'quadrature nodes', config.t, tuple(config.mus), quad_nodes(config))
   measured = {'hessian_autodiff': model_hessians(config)}
   th = closed_forms(config)
-  measured.update(train(config, workdir, jax.random.fold_in(key, 2)))
+  measured.update(train(config, workdir, jax.random.fold_in(key, 2), distributed.data_mesh()))
   p = cosine_encoding(config.t, config.cosine.dim, config.cosine.base)
   th['cosine_ppt'] = p @ p.T
   return results.Evidence(measured=measured, theory=th), None
