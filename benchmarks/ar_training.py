@@ -32,6 +32,7 @@ over it.
 The last line of stdout is one JSON object with the headline figures; see benchmarks/README.md.
 """
 
+import importlib.util
 import json
 import os
 import statistics
@@ -194,7 +195,6 @@ def authors_epoch_fn(path: str, train: np.ndarray, batch: int, layers: int):
   output projection and LayerNorm per layer, a read-out), their `CustomDataset` of augmented
   tokens (0, s_t, s_{t-1}) over our training sequences, a shuffling DataLoader, `nn.MSELoss` on
   the first d outputs and Adam, as their `train`. Returns run_epoch(e) -> last loss."""
-  import importlib.util  # noqa: PLC0415
   import torch  # noqa: PLC0415  (optional peer)
   spec = importlib.util.spec_from_file_location('ical_augmented', path)
   authors = importlib.util.module_from_spec(spec)
@@ -242,7 +242,8 @@ def main(argv):
                            'clone of github.com/michaelsdr/ical)')
     try:
       torch_device()
-      import scipy.stats  # noqa: F401, PLC0415  (the authors' script imports it)
+      if importlib.util.find_spec('scipy') is None:   # the authors' script imports scipy.stats
+        raise ImportError('No module named scipy')
     except ImportError as e:
       raise app.UsageError(f'--authors_script needs torch and scipy: {e} (pip install -e '
                            '.[peers] scipy)') from None
