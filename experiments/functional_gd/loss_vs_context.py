@@ -105,7 +105,9 @@ def validate_eval(config) -> None:
     raise common.ConfigError('config.eval.num_prompts: need at least 2 for a standard error')
 
 
-def validate(config) -> None:
+def validate_grid(config) -> None:
+  """What loss_vs_context and loss_vs_layers share: the problem, distinct label kernels and
+  activations, the training (`validate_train`) and the context lengths n."""
   fc.validate_problem(config)
   fc.validate_kernels(config, 'kernels')
   fc.validate_activations(config, 'activations')
@@ -115,6 +117,10 @@ def validate(config) -> None:
       raise common.ConfigError(f'config.{field}={names}: names must not repeat')
   validate_train(config)
   validate_n_values(config, 'n_values')
+
+
+def validate(config) -> None:
+  validate_grid(config)
   validate_eval(config)
   c = config.claims
   for field in ('k_bayes', 'k_best', 'k_closed', 'zero_floor'):

@@ -33,15 +33,7 @@ EXPERIMENT = 'functional_gd/loss_vs_layers'
 
 
 def validate(config) -> None:
-  fc.validate_problem(config)
-  fc.validate_kernels(config, 'kernels')
-  fc.validate_activations(config, 'activations')
-  for field in ('kernels', 'activations'):
-    names = tuple(common._get(config, field))
-    if len(set(names)) != len(names):
-      raise common.ConfigError(f'config.{field}={names}: names must not repeat')
-  lvc.validate_train(config)
-  lvc.validate_n_values(config, 'n_values')
+  lvc.validate_grid(config)
   lvc.validate_n_values(config, 'layers_values')
   if len(config.layers_values) < 2 or config.layers_values[0] != 1:
     raise common.ConfigError(f'config.layers_values={tuple(config.layers_values)}: must start '
