@@ -125,7 +125,9 @@ RSS from /usr/bin/time -v; stderr of each MSE 0.0014-0.0036):
       H = 4: 18.0 / 41.1 / 24.8 (duplicated beats plain at every H, the extra width).
   (3) Fig 8 mass between coordinates 0.672 -> 0.595 / 0.699 -> 0.436 / 0.670 -> 0.481, ratio
       0.885 / 0.623 / 0.718: FAILS (<= 0.5). (The plain off-diagonal mass: 0.722 -> 0.715 /
-      0.776 -> 0.641 / 0.693 -> 0.621. Fig 8 model MSE at d = 5: 1.35-1.68 -> 0.54.)
+      0.776 -> 0.641 / 0.693 -> 0.621. Fig 8 model MSE at d = 5: 1.35-1.68 -> 0.54.) Trained
+      4x longer (--config.train.epochs=64 --config.heads='(1, 2)', seed 0): 0.672 -> 0.580,
+      ratio 0.86 (MSE 0.47); eq6's 0.635 -> 0.464, ratio 0.73: falling slowly, still above 0.5.
   cost: 154 / 170 / 164 s CPU (seed 0 warm; seeds 1 and 2 the first runs after a code change,
   partly cold), 95-105 s wall at load ~2, peak RSS 1.1-1.5 GB; eq6 alone was 79-80 s CPU warm,
   100 s cold, so the script's grid adds ~75-85 s. Per step the script's largest model costs about
