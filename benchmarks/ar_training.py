@@ -47,7 +47,7 @@ import numpy as np
 import optax
 
 from benchmarks import memory
-from icl_jax import training
+from icl_jax import distributed, training
 from icl_jax.models import ar_attention as ar
 from icl_jax.samplers import autoregressive as sar
 
@@ -109,15 +109,16 @@ def dataset(num: int, d: int, t_max: int) -> jax.Array:
   return jax.jit(jax.vmap(lambda k: sar.sequence(k, 'orthogonal', d, t_max)))(keys)
 
 
-def jax_epoch(train: jax.Array, batch: int, impl: str):
-  """A jitted epoch (params, opt_state, epoch) -> (params, opt_state, losses [steps])."""
+def jax_epoch(train: jax.Array, batch: int, impl: str, mesh=None):
+  """A jitted epoch (params, opt_state, epoch) -> (params, opt_state, losses [steps]); each batch
+  split over `mesh` as the apps split theirs (`distributed.shard_batch`)."""
   optimizer = optax.adam(_LR)
   steps = train.shape[0] // batch
   order_key = jax.random.key(2)
 
   def step(carry, i):
     params, opt_state = carry
-    s_BxTp1xD = training.epoch_batch(train, i, order_key, batch)
+    s_BxTp1xD = distributed.shard_batch(training.epoch_batch(train, i, order_key, batch), mesh)
     loss, grads = jax.value_and_grad(ar.mean_loss)(params, s_BxTp1xD, impl=impl)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
@@ -248,15 +249,23 @@ def main(argv):
       raise app.UsageError(f'--authors_script needs torch and scipy: {e} (pip install -e '
                            '.[peers] scipy)') from None
 
+  devices = jax.device_count()
+  if batch % devices:
+    raise app.UsageError(f'--batch={batch}: must be a multiple of the device count {devices}')
   ceiling = matmul_gflops(1024 if quick else 2048)
   train = dataset(num, d, t_max)
   params0 = ar.init_deep(jax.random.key(1), d, layers, scale=0.1)
+  # Several devices (e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2 on a CPU): each
+  # batch is split over them and the state replicated, as the apps train.
+  mesh = distributed.data_mesh() if devices > 1 else None
   epochs, first = {}, {}
   for impl in ('quadratic', 'prefix'):
-    epoch, optimizer = jax_epoch(train, batch, impl)
+    epoch, optimizer = jax_epoch(train, batch, impl, mesh)
     state = [params0, optimizer.init(params0)]
+    if mesh is not None:
+      state = list(jax.device_put(state, distributed.replicated(mesh)))
     start = time.perf_counter()
-    compiled = epoch.lower(params0, state[1], 0).compile()
+    compiled = epoch.lower(state[0], state[1], 0).compile()
     compile_s = time.perf_counter() - start
 
     def run(e, compiled=compiled, state=state):
@@ -313,8 +322,8 @@ def main(argv):
     print(f'{name:>10} {min(t):15.3f} {statistics.median(t):8.3f} {rate[name]:9.0f} {flops} '
           f'{comp}')
   precision = jax.config.jax_default_matmul_precision or 'default (TF32 on recent NVIDIA GPUs)'
-  print(f'device: JAX on {jax.default_backend()}, matmul precision {precision}; torch on '
-        f'{"-" if torch_run is None else torch_device()}')
+  print(f'device: JAX on {jax.default_backend()} ({devices} device{"s" * (devices > 1)}), '
+        f'matmul precision {precision}; torch on {"-" if torch_run is None else torch_device()}')
   if torch_run is None:
     print(f'torch skipped: {torch_skip} (pip install -e .[peers])')
   else:
@@ -331,7 +340,7 @@ def main(argv):
       'authors_sequences_per_s': rate.get('authors'),
       'speedup_vs_authors': rate[best] / rate['authors'] if 'authors' in rate else None,
       'peak_rss_mb': memory.peak_rss_mb(),
-      'backend': jax.default_backend(),
+      'backend': jax.default_backend(), 'devices': devices,
   }
   print(json.dumps(summary))
 

@@ -122,7 +122,8 @@ AR_TRAINING_KEYS = {'benchmark', 'quick', 'd', 't_max', 'layers', 'batch', 'sequ
                     'best_impl', 'sequences_per_s', 'ratio_to_ceiling', 'matmul_gflops',
                     'quadratic_sequences_per_s', 'prefix_sequences_per_s',
                     'torch_sequences_per_s', 'speedup_vs_torch', 'torch_loss_diff',
-                    'authors_sequences_per_s', 'speedup_vs_authors', 'peak_rss_mb', 'backend'}
+                    'authors_sequences_per_s', 'speedup_vs_authors', 'peak_rss_mb', 'backend',
+                    'devices'}
 
 
 def test_ar_training_quick_prints_summary_json():
