@@ -46,6 +46,7 @@ import numpy as np
 import optax
 
 from benchmarks import memory
+from icl_jax import distributed
 from icl_jax.models import transformer
 
 _QUICK = flags.DEFINE_bool('quick', False, 'small sizes (for the test): every figure, in seconds')
@@ -150,6 +151,13 @@ class JaxStep:
 
     # A copy of the initial params: the donated state must not delete `self.params`.
     self.state = (jax.tree.map(jnp.array, self.params), self.optimizer.init(self.params))
+    self.devices = jax.device_count()
+    if self.devices > 1:
+      # Several devices (e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2 on a CPU): the
+      # batch split over them, the state replicated, as gpt2_covariate_shift trains.
+      mesh = distributed.data_mesh()
+      self.x, self.y = jax.device_put((self.x, self.y), distributed.batch_sharding(mesh))
+      self.state = jax.device_put(self.state, distributed.replicated(mesh))
     self.jitted = jax.jit(step, donate_argnums=0)
     start = time.perf_counter()
     self.jitted.lower(self.state, self.x, self.y).compile()
@@ -279,6 +287,9 @@ def main(argv):
   sz = sizes()
   if sz['width'] % sz['heads']:
     raise app.UsageError(f'--width={sz["width"]} must be a multiple of --heads={sz["heads"]}')
+  if sz['batch'] % jax.device_count():
+    raise app.UsageError(f'--batch={sz["batch"]} must be a multiple of the device count '
+                         f'{jax.device_count()}')
   reps = _REPS.value or (2 if quick else 5)
   matmul_size = 512 if quick else MATMUL_SIZE
   x, y = make_batch(sz['batch'], sz['points'], sz['d'])
@@ -322,7 +333,8 @@ def main(argv):
   print(f'GPT2 regressor training step: {sz["depth"]} layers, width {sz["width"]}, '
         f'{sz["heads"]} heads, d = {sz["d"]}, {sz["points"]} points ({tokens} tokens), '
         f'batch {sz["batch"]}, Adam; best of {reps} timed steps')
-  print(f'jax {jax.__version__}, {jax.devices()[0].platform} backend, {os.cpu_count()} CPUs, '
+  print(f'jax {jax.__version__}, {jax.devices()[0].platform} backend ({jax_step.devices} '
+        f'device{"s" * (jax_step.devices > 1)}, the batch split over them), {os.cpu_count()} CPUs, '
         f'load average {os.getloadavg()[0]:.2f} at the end; wall time {wall:.0f} s')
   print(f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
   print()
@@ -377,6 +389,7 @@ def main(argv):
       depth=sz['depth'],
       width=sz['width'],
       heads=sz['heads'],
+      devices=jax_step.devices,
   )
   print(json.dumps(summary))
 

@@ -45,7 +45,7 @@ def test_lsa_population_quick_prints_summary_json():
 GPT2_KEYS = {'benchmark', 's_per_step', 'steps_per_s', 'median_s_per_step', 'compile_s',
              'ratio_to_ceiling', 'matmul_gflops', 'model_gflop_per_step', 'achieved_gflops',
              'peak_rss_mb', 'torch_s_per_step', 'speedup_vs_torch', 'torch_max_abs_diff',
-             'params', 'batch', 'points', 'tokens', 'd', 'depth', 'width', 'heads'}
+             'params', 'batch', 'points', 'tokens', 'd', 'depth', 'width', 'heads', 'devices'}
 GPT2_TORCH_KEYS = {'torch_s_per_step', 'speedup_vs_torch', 'torch_max_abs_diff'}
 
 
