@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FitRecorder, record_shard_batch
+from conftest import assert_trains_on_mesh, record_shard_batch
 from experiments.autoregressive import augmented_gd, geometric_heads, heads_and_duplication
 from experiments.autoregressive import positional_encoding, softmax_ablation
 from experiments.autoregressive.configs import augmented_gd as augmented_gd_config
@@ -22,7 +22,7 @@ from experiments.autoregressive.configs import geometric_heads as geometric_head
 from experiments.autoregressive.configs import heads_and_duplication as heads_config
 from experiments.autoregressive.configs import positional_encoding as positional_config
 from experiments.autoregressive.configs import softmax_ablation as softmax_config
-from icl_jax import distributed, training
+from icl_jax import distributed
 
 
 def _augmented_gd(workdir, mesh):
@@ -75,13 +75,7 @@ def _positional_encoding(workdir, mesh):
 def test_apps_split_their_batches_over_the_mesh(train, tmp_path, monkeypatch):
   """Fails if an app's training loss does not pass its batches through
   `distributed.shard_batch` with the mesh, or the mesh does not reach `training.fit`."""
-  meshes, fit = record_shard_batch(monkeypatch), FitRecorder()
-  monkeypatch.setattr(training, 'fit', fit)
-  mesh = distributed.data_mesh()
-  with pytest.raises(FitRecorder.Stop):
-    train(tmp_path, mesh)
-  assert fit.mesh is mesh, 'training.fit did not get the mesh'
-  assert meshes and all(m is mesh for m in meshes), 'the batches are not split over the mesh'
+  assert_trains_on_mesh(train, tmp_path, monkeypatch)
 
 
 def test_eight_devices_train_as_one(tmp_path, monkeypatch):

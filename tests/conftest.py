@@ -31,7 +31,7 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-from icl_jax import distributed  # noqa: E402
+from icl_jax import distributed, training  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,3 +125,15 @@ def record_shard_batch(monkeypatch) -> list:
 
   monkeypatch.setattr(distributed, 'shard_batch', record)
   return meshes
+
+
+def assert_trains_on_mesh(train, tmp_path, monkeypatch) -> None:
+  """train(workdir, mesh), with training.fit recorded (`FitRecorder`), hands the mesh to fit and
+  passes every batch its loss reads through distributed.shard_batch with that mesh."""
+  meshes, fit = record_shard_batch(monkeypatch), FitRecorder()
+  monkeypatch.setattr(training, 'fit', fit)
+  mesh = distributed.data_mesh()
+  with pytest.raises(FitRecorder.Stop):
+    train(tmp_path, mesh)
+  assert fit.mesh is mesh, 'training.fit did not get the mesh'
+  assert meshes and all(m is mesh for m in meshes), 'the batches are not split over the mesh'

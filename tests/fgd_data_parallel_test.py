@@ -15,12 +15,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import FitRecorder, record_shard_batch
+from conftest import assert_trains_on_mesh
 from experiments.functional_gd import fgd_common as fc
 from experiments.functional_gd import loss_vs_context, loss_vs_layers, stationary_points
 from experiments.functional_gd.configs import loss_vs_layers as lvl_config
 from experiments.functional_gd.configs import stationary_points as sp_config
-from icl_jax import distributed, training
+from icl_jax import distributed
 
 
 def _train_grid(workdir, mesh, steps=10):
@@ -49,13 +49,7 @@ def _stationary(loss):
 def test_training_splits_its_batches_over_the_mesh(train, tmp_path, monkeypatch):
   """Fails if a training loss does not pass its batches through `distributed.shard_batch` with
   the mesh, or the mesh does not reach `training.fit`."""
-  meshes, fit = record_shard_batch(monkeypatch), FitRecorder()
-  monkeypatch.setattr(training, 'fit', fit)
-  mesh = distributed.data_mesh()
-  with pytest.raises(FitRecorder.Stop):
-    train(tmp_path, mesh)
-  assert fit.mesh is mesh, 'training.fit did not get the mesh'
-  assert meshes and all(m is mesh for m in meshes), 'the batches are not split over the mesh'
+  assert_trains_on_mesh(train, tmp_path, monkeypatch)
 
 
 def test_eight_devices_train_as_one(tmp_path):
