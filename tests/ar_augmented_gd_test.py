@@ -21,9 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_bad_input_stops
+from conftest import assert_bad_input_stops, assert_validate_names
 from mutation_test import Case, _check, _matching, assert_covered, assert_notices, times
-from experiments import common
 from icl_jax import estimators, results
 
 APP = 'autoregressive/augmented_gd'
@@ -242,10 +241,7 @@ BAD = [
 @pytest.mark.parametrize('overrides,field', BAD)
 def test_validate_names_the_field(overrides, field):
   """Fails if a bad value passes validate or its message does not name the field."""
-  config = _config()
-  config.update_from_flattened_dict(overrides)
-  with pytest.raises(common.ConfigError, match=field.replace('.', r'\.')):
-    _module().validate(config)
+  assert_validate_names(_module().validate, _config(), overrides, field)
 
 
 def test_presets_validate():

@@ -14,9 +14,8 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_bad_input_stops
+from conftest import assert_bad_input_stops, assert_validate_names
 from mutation_test import Case, _check, assert_covered, assert_notices, times
-from experiments import common
 from icl_jax import results
 
 APP = 'autoregressive/positional_encoding'
@@ -219,10 +218,7 @@ BAD = [
 @pytest.mark.parametrize('overrides,field', BAD)
 def test_validate_names_the_field(overrides, field):
   """Fails if a bad value passes validate or its message does not name the field."""
-  config = _config()
-  config.update_from_flattened_dict(overrides)
-  with pytest.raises(common.ConfigError, match=field):
-    _module().validate(config)
+  assert_validate_names(_module().validate, _config(), overrides, field)
 
 
 def test_presets_validate():

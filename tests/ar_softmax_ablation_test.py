@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_bad_input_stops
+from conftest import assert_bad_input_stops, assert_validate_names
 from mutation_test import Case, _check, assert_covered, assert_notices
-from experiments import common
 from experiments.autoregressive import softmax_ablation as app
 from experiments.autoregressive.configs import softmax_ablation as app_config
 from icl_jax import results
@@ -240,10 +239,7 @@ BAD = [
 @pytest.mark.parametrize('overrides,field', BAD)
 def test_validate_names_the_field(overrides, field):
   """Fails if a bad value passes validate or its message does not name the field."""
-  config = _config()
-  config.update_from_flattened_dict(overrides)
-  with pytest.raises(common.ConfigError, match=field):
-    app.validate(config)
+  assert_validate_names(app.validate, _config(), overrides, field)
 
 
 def test_presets_validate():

@@ -28,9 +28,11 @@ jax.config.update('jax_compilation_cache_dir', os.path.join(
 # --- one smoke run per app and test process, shared by the app-level tests -------------
 
 import json  # noqa: E402
+import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
+from experiments.common import ConfigError  # noqa: E402
 from icl_jax import distributed, training  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,6 +67,14 @@ def assert_bad_input_stops(app: str, tmp_path, field: str, *overrides: str) -> N
   assert len(lines) == 1 and field in lines[0], proc.stderr[-2000:]
   assert earlier.read_bytes() == before
   assert sorted(p.name for p in tmp_path.iterdir()) == ['results.json']
+
+
+def assert_validate_names(validate, config, overrides: dict, field: str) -> None:
+  """validate(config with the dotted overrides set) raises ConfigError whose message contains
+  `field` word for word (no regex: a field such as 'config.models[1]' is matched as written)."""
+  config.update_from_flattened_dict(overrides)
+  with pytest.raises(ConfigError, match=re.escape(field)):
+    validate(config)
 
 
 @pytest.fixture(scope='session')

@@ -14,9 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_bad_input_stops
+from conftest import assert_bad_input_stops, assert_validate_names
 from mutation_test import Case, _check, assert_covered, assert_notices, times
-from experiments import common
 from icl_jax import results
 
 CONSTRUCTION = 'functional_gd/construction'
@@ -217,10 +216,7 @@ BAD = [
 @pytest.mark.parametrize('app,overrides,field', BAD)
 def test_validate_names_the_field(app, overrides, field):
   """Fails if a bad value passes validate or its message does not name the field."""
-  config = _config(app)
-  config.update_from_flattened_dict(overrides)
-  with pytest.raises(common.ConfigError, match=field.replace('[', r'\[').replace(']', r'\]')):
-    _module(app).validate(config)
+  assert_validate_names(_module(app).validate, _config(app), overrides, field)
 
 
 @pytest.mark.parametrize('app', APPS)
