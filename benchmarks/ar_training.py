@@ -105,8 +105,8 @@ def matmul_gflops(size: int = 2048, reps: int = 3) -> float:
 
 def dataset(num: int, d: int, t_max: int) -> jax.Array:
   """[num, t_max + 1, d] sequences with Haar-orthogonal contexts (Sec 6's non-commuting case)."""
-  keys = jax.random.split(jax.random.key(0), num)
-  return jax.jit(jax.vmap(lambda k: sar.sequence(k, 'orthogonal', d, t_max)))(keys)
+  return jax.jit(sar.sequences, static_argnums=(1, 2, 3, 4))(jax.random.key(0), 'orthogonal', d,
+                                                             t_max, num)
 
 
 def jax_epoch(train: jax.Array, batch: int, impl: str, mesh=None):

@@ -24,6 +24,7 @@ import pytest
 from conftest import assert_bad_input_stops, assert_validate_names
 from mutation_test import Case, _check, _matching, assert_covered, assert_notices, times
 from icl_jax import estimators, results
+from icl_jax.samplers import autoregressive as ar_sampler
 
 APP = 'autoregressive/augmented_gd'
 FIG5 = 'GD wins by'          # the claim known to fail (module docstring)
@@ -98,8 +99,8 @@ def test_gd_prefix_errors_and_least_squares_equal_ar_gd():
   mis-aligned target."""
   app = _module()
   d, t_max, n = 3, 7, 4
-  s = jax.jit(app.sequences, static_argnums=(1, 2, 3, 4))(jax.random.key(0), 'orthogonal', d,
-                                                          t_max, n)
+  s = jax.jit(ar_sampler.sequences, static_argnums=(1, 2, 3, 4))(jax.random.key(0),
+                                                                 'orthogonal', d, t_max, n)
   np.testing.assert_allclose(np.asarray(s[:, 0]), 1.0)
   np.testing.assert_allclose(np.sum(np.asarray(s) ** 2, -1), d, rtol=1e-5)
   etas = jnp.asarray([0.05, 0.12])

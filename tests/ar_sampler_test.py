@@ -216,3 +216,16 @@ def test_bad_input_one_line(arg, call):
     call()
   msg = str(err.value)
   assert '\n' not in msg and msg.startswith(f'{arg}:') and 'expected' in msg, msg
+
+
+def test_sequences_is_sequence_per_split_key():
+  """sequences(key, ..., num)[i] is sequence(split(key, num)[i], ...) exactly, for a dense
+  (orthogonal, real) and a diagonal (unitary, complex) kind; fails on another key split or a W
+  shared by the batch."""
+  key = jax.random.key(3)
+  for kind, kw in (('orthogonal', {}), ('orthogonal_commuting', {'real': True}), ('unitary', {})):
+    s = ar.sequences(key, kind, 4, 5, 3, **kw)
+    assert s.shape == (3, 6, 4)
+    for i, k in enumerate(jax.random.split(key, 3)):
+      np.testing.assert_array_equal(s[i], ar.sequence(k, kind, 4, 5, **kw))
+    assert np.abs(np.asarray(s[0] - s[1])).max() > 1e-3

@@ -195,11 +195,6 @@ def gd_depths(config) -> tuple:
 
 # --- data --------------------------------------------------------------------------------------
 
-def sequences(key: jax.Array, kind: str, d: int, t_max: int, num: int) -> jax.Array:
-  """[num, T_max + 1, d] sequences s_1 .. s_{T_max + 1} (`autoregressive.sequence`)."""
-  return jax.vmap(lambda k: ar_sampler.sequence(k, kind, d, t_max))(jax.random.split(key, num))
-
-
 # --- (a) Prop 2: one layer, Assumption 2 -------------------------------------------------------
 
 def train_one_layer(config, key: jax.Array, workdir: str,
@@ -211,7 +206,7 @@ def train_one_layer(config, key: jax.Array, workdir: str,
   params = ar.init_assumption2(k_init, scale=oc.init_scale)
 
   def loss_fn(p, k):
-    s = sequences(k, 'unitary', config.d, config.t_max, oc.batch_size)
+    s = ar_sampler.sequences(k, 'unitary', config.d, config.t_max, oc.batch_size)
     return ar.mean_loss(p, distributed.shard_batch(s, mesh), impl='quadratic')
 
   logging.info('(a) one layer of eq. (4), Assumption 2, unitary contexts: %d steps of %d '
@@ -432,14 +427,13 @@ def measure(config, workdir):
   # (a)
   eta_star = theory.prop2_a3b1(d, t_max, s0_zero=True)
   params_a, hist_a = train_one_layer(config, k_a, workdir, mesh)
-  s_a = jax.jit(sequences, static_argnums=(1, 2, 3, 4))(k_a_test, 'unitary', d, t_max,
-                                                         config.one_layer.num_test)
+  draw = jax.jit(ar_sampler.sequences, static_argnums=(1, 2, 3, 4))
+  s_a = draw(k_a_test, 'unitary', d, t_max, config.one_layer.num_test)
   pred, gd1, loss_a, loss_p2 = jax.jit(evaluate_one_layer, static_argnums=2)(params_a, s_a,
                                                                              eta_star)
   # (b), (c): the training and test sets, one program (Haar draws through linalg.qr).
   dc = config.data
-  data = jax.jit(sequences, static_argnums=(1, 2, 3, 4))(k_data, 'orthogonal', d, t_max,
-                                                         dc.num_train + dc.num_test)
+  data = draw(k_data, 'orthogonal', d, t_max, dc.num_train + dc.num_test)
   train_s, test_s = data[:dc.num_train], data[dc.num_train:]
   gd = gd_baseline(config, train_s, test_s)
   err, hists = {}, {}

@@ -274,9 +274,7 @@ def _pos_dim(config):
 
 def sequences(key: jax.Array, context: str, d: int, t_max: int, num: int) -> jax.Array:
   """[num, T_max + 1, d] real sequences, one context W per sequence."""
-  return jax.vmap(lambda k: ar_sampler.sequence(k, context, d, t_max,
-                                                real=context == 'orthogonal_commuting'))(
-      jax.random.split(key, num))
+  return ar_sampler.sequences(key, context, d, t_max, num, real=context == 'orthogonal_commuting')
 
 
 def datasets(key: jax.Array, config, d: int):

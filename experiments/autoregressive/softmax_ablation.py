@@ -263,9 +263,8 @@ def zero_predictor_loss(config) -> float:
 
 def sequences(key: jax.Array, config, num: int) -> jax.Array:
   """[num, T_max + 1, 2d] real-form unitary sequences."""
-  return jax.vmap(lambda k: ar_sampler.sequence(k, 'orthogonal_commuting', 2 * config.d,
-                                                config.t_max, real=True))(
-      jax.random.split(key, num))
+  return ar_sampler.sequences(key, 'orthogonal_commuting', 2 * config.d, config.t_max, num,
+                              real=True)
 
 
 def setup(key: jax.Array, config):

@@ -184,6 +184,14 @@ def sequence(key: jax.Array, kind: str, d: int, t_max: int, *, mu=1.0, real: boo
   return jnp.concatenate([s1_D[None, :], rest_TxD], axis=0)
 
 
+def sequences(key: jax.Array, kind: str, d: int, t_max: int, num: int, *, mu=1.0,
+              real: bool = False) -> jax.Array:
+  """num sequences [num, t_max + 1, d], each with its own W: sequence i is `sequence` of
+  jax.random.split(key, num)[i] (a training or test set of Sec 6)."""
+  return jax.vmap(lambda k: sequence(k, kind, d, t_max, mu=mu, real=real))(
+      jax.random.split(key, num))
+
+
 def augmented(s_TxD: jax.Array) -> jax.Array:
   """Augmented tokens e_t = (0, s_t, s_{t-1}) with s_0 = 0 (Section 3, Section 4, eq. (4)).
 
