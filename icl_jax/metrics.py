@@ -43,6 +43,13 @@ def loglog_slope_stderr(x, y, y_stderr) -> float:
   return float(np.sqrt(np.sum(np.square(c * rel))))
 
 
+def mean_stderr(x, axis: int = -1) -> tuple:
+  """(mean, standard error of the mean) of x along axis, in float64: the sample std (ddof = 1)
+  over sqrt(n). Of paired differences, the stderr a paired comparison divides by."""
+  x = np.asarray(x, np.float64)
+  return np.mean(x, axis=axis), np.std(x, axis=axis, ddof=1) / np.sqrt(x.shape[axis])
+
+
 def bootstrap_ci(key: jax.Array, values, *, num_resamples: int = 1000, level: float = 0.95):
   """Percentile bootstrap confidence interval of the mean of values: (low, high)."""
   values = jnp.asarray(values)

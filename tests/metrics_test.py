@@ -52,3 +52,13 @@ def test_distance_to_scaled_identity():
 def test_normalized_error():
   """Error / d: the zero predictor's d scores 1."""
   assert metrics.normalized_error(20.0, 20) == 1.0
+
+
+def test_mean_stderr():
+  """[1, 2, 3, 4]: mean 2.5, sample std sqrt(5/3) (ddof = 1), stderr sqrt(5/3) / 2; along axis 1
+  of a stack, row by row. Fails on ddof = 0 (stderr 0.559) or the wrong axis."""
+  mean, se = metrics.mean_stderr([1.0, 2.0, 3.0, 4.0])
+  assert mean == 2.5 and abs(se - np.sqrt(5 / 3) / 2) < 1e-12
+  mean, se = metrics.mean_stderr(np.array([[1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0]]), axis=1)
+  np.testing.assert_allclose(mean, [2.5, 2.0])
+  np.testing.assert_allclose(se, [np.sqrt(5 / 3) / 2, 0.0], atol=1e-15)

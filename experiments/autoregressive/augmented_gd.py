@@ -115,7 +115,7 @@ import optax
 from absl import logging
 
 from experiments import common, registry
-from icl_jax import distributed, estimators, plotting, results, training
+from icl_jax import distributed, estimators, metrics, plotting, results, training
 from icl_jax.models import ar_attention as ar
 from icl_jax.models import transformer
 from icl_jax.samplers import autoregressive as ar_sampler
@@ -469,8 +469,7 @@ def measure(config, workdir):
 # --- check -------------------------------------------------------------------------------------
 
 def _paired_se(diff) -> float:
-  diff = np.asarray(diff, np.float64)
-  return float(np.std(diff, ddof=1) / np.sqrt(diff.size))
+  return float(metrics.mean_stderr(diff)[1])
 
 
 def check(config, ev):
@@ -591,14 +590,13 @@ def check(config, ev):
 def figures(config, ev, aux) -> dict:
   mv, th = ev.measured, ev.theory
   depths_gd = [int(L) for L in np.asarray(th['depths_gd'])]
-  stats = lambda a: (np.mean(a, axis=-1), np.std(a, axis=-1, ddof=1) / np.sqrt(a.shape[-1]))
   curves, errs, xs = {}, {}, {}
   for name, key, depths in (('linear attention + LN (Fig 5)', 'mse_linear', config.linear.depths),
                             ('full transformer (Fig 10)', 'mse_full', config.full.depths)):
-    curves[name], errs[name] = stats(np.asarray(mv[key], np.float64))
+    curves[name], errs[name] = metrics.mean_stderr(mv[key])
     xs[name] = np.asarray(depths)
   for name, key in (('GD, tuned step', 'mse_gd'), ('GD, step tuned per prefix', 'mse_gd_prefix')):
-    curves[name], errs[name] = stats(np.asarray(th[key], np.float64))
+    curves[name], errs[name] = metrics.mean_stderr(th[key])
     xs[name] = np.asarray(depths_gd)
   fig5 = plotting.curves(
       np.asarray(depths_gd), curves, errs=errs, xs=xs, xlabel='depth L (layers / GD steps)',

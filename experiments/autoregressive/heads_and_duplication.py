@@ -167,7 +167,7 @@ import optax
 from absl import logging
 
 from experiments import common, registry
-from icl_jax import distributed, plotting, results, training
+from icl_jax import distributed, metrics, plotting, results, training
 from icl_jax.models import ar_attention as ar
 from icl_jax.models import ar_script
 from icl_jax.samplers import autoregressive as ar_sampler
@@ -264,10 +264,6 @@ def grid(config) -> list:
   return [(enc, h) for enc in ENCODINGS for h in config.heads]
 
 
-def token_width(encoding: str, d: int) -> int:
-  return 2 * d if encoding == 'duplicated' else d
-
-
 def _pos_dim(config):
   return config.model.pos_dim or None
 
@@ -293,7 +289,7 @@ def init_grid(key: jax.Array, config, arch: str = 'eq6') -> tuple:
     return tuple(ar_script.init(jax.random.fold_in(key, i), dc.d, h, dc.t_max, encoding=enc)
                  for i, (enc, h) in enumerate(grid(config)))
   return tuple(
-      ar.init_standard(jax.random.fold_in(key, i), token_width(enc, dc.d), h,
+      ar.init_standard(jax.random.fold_in(key, i), ar_script.token_width(dc.d, enc), h,
                        dc.t_max, scale=config.model.init_scale, positional='softmax',
                        pos_dim=_pos_dim(config))
       for i, (enc, h) in enumerate(grid(config)))
@@ -502,11 +498,6 @@ def measure(config, workdir):
   return results.Evidence(measured=measured, theory=theory), aux
 
 
-def _mean_se(x) -> tuple:
-  x = np.asarray(x, np.float64)
-  return float(np.mean(x)), float(np.std(x, ddof=1) / np.sqrt(x.size))
-
-
 def _check_arch(config, mv, zero: float, arch: str):
   """One architecture's three claims and its metrics (names with `prefix(arch)`)."""
   cl, p, label = config.claims, prefix(arch), ARCH_LABELS[arch]
@@ -516,14 +507,14 @@ def _check_arch(config, mv, zero: float, arch: str):
   h1, hmax = heads[0], heads[-1]
   claims, met = [], {}
   for (enc, h), i in idx.items():
-    mean, se = _mean_se(mse[i])
+    mean, se = map(float, metrics.mean_stderr(mse[i]))
     met[f'{p}mse_{enc}_H{h}'] = mean
     met[f'{p}mse_se_{enc}_H{h}'] = se
     met[f'{p}mse_init_{enc}_H{h}'] = float(np.asarray(mv[f'{p}mse_init'])[i])
     met[f'{p}mse_over_zero_predictor_{enc}_H{h}'] = mean / zero
   for h in heads:
     diff = mse[idx[('plain', h)]] - mse[idx[('duplicated', h)]]
-    mean, se = _mean_se(diff)
+    mean, se = map(float, metrics.mean_stderr(diff))
     met[f'{p}z_plain_minus_dup_H{h}'] = mean / se if se > 0 else float('nan')
   for enc in ENCODINGS:
     met[f'{p}trend_{enc}'] = met[f'{p}mse_{enc}_H{hmax}'] / met[f'{p}mse_{enc}_H{h1}']
@@ -582,9 +573,8 @@ def figures(config, ev, hists) -> dict:
     for enc in ENCODINGS:
       rows = [i for i, (e, _) in enumerate(models) if e == enc]
       label = {'plain': 'plain e_t = s_t', 'duplicated': 'duplicated e_t = (s_t, s_t)'}[enc]
-      y = mse[rows].mean(axis=1)
-      err = 2 * mse[rows].std(axis=1, ddof=1) / np.sqrt(mse.shape[1])
-      curves[panel][label], bands[panel][label] = y, (y - err, y + err)
+      y, se = metrics.mean_stderr(mse[rows], axis=1)
+      curves[panel][label], bands[panel][label] = y, (y - 2 * se, y + 2 * se)
   # One y range for both panels, so the architectures compare by eye.
   low = min(float(np.min(b[0])) for bp in bands.values() for b in bp.values())
   high = max(zero, max(float(np.max(b[1])) for bp in bands.values() for b in bp.values()))
