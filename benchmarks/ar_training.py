@@ -204,8 +204,7 @@ def authors_epoch_fn(path: str, train: np.ndarray, batch: int, layers: int):
   torch.manual_seed(0)
   device = torch.device(torch_device())
   d = train.shape[-1]
-  prev = np.pad(train[:, :-1], ((0, 0), (1, 0), (0, 0)))
-  tokens = np.concatenate([np.zeros_like(train), train, prev], axis=-1)
+  tokens = np.asarray(jax.vmap(sar.augmented)(train))
   loader = torch.utils.data.DataLoader(authors.CustomDataset(tokens), batch_size=batch,
                                        shuffle=True)
   model = authors.Transformer(dim_in=3 * d, embed_size=3 * d, num_layers=layers,

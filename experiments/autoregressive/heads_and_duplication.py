@@ -181,6 +181,7 @@ CONTEXTS = ('orthogonal', 'orthogonal_commuting')
 # app had before it trained the script's model); those of 'script' start with 'script_'.
 ARCHS = ('eq6', 'script')
 ARCH_LABELS = {'eq6': 'eq. (6)', 'script': "authors' script"}
+B_H = {'eq6': 'W_O^h W_V^h', 'script': 'W_O W_V^h'}   # Fig 8's B_h (see `head_gram`)
 
 
 def prefix(arch: str) -> str:
@@ -539,12 +540,11 @@ def _check_arch(config, mv, zero: float, arch: str):
     before, after = met[f'{p}fig8_offcoord_init'], met[f'{p}fig8_offcoord_trained']
     met[f'{p}fig8_mse_init'] = float(mv[f'{p}fig8_mse_init'])
     met[f'{p}fig8_mse'] = float(mv[f'{p}fig8_mse'])
-    b_h = 'W_O^h W_V^h' if arch == 'eq6' else 'W_O W_V^h'
     claims.append(results.Claim(
         f'Fig 8, {label}: heads become orthogonal: ||M_ij (i != j mod d)||_F / ||M||_F of M = '
-        f'sum_h B_h^T B_h (B_h = {b_h}; {config.fig8.heads} heads, d = {d8}, M is 2d x 2d; the '
-        f'diagonal and the +-d stripes of the duplicates left out) after training / at init <= '
-        f'{cl.offdiag_fraction:g}',
+        f'sum_h B_h^T B_h (B_h = {B_H[arch]}; {config.fig8.heads} heads, d = {d8}, M is 2d x 2d; '
+        f'the diagonal and the +-d stripes of the duplicates left out) after training / at init '
+        f'<= {cl.offdiag_fraction:g}',
         after / before if before > 0 else math.inf, cl.offdiag_fraction, 0.0, 'at_most'))
   met[f'{p}train_loss_final'] = float(mv[f'{p}train_loss_final'])
   return claims, met
@@ -594,9 +594,8 @@ def figures(config, ev, hists) -> dict:
     if f'{p}fig8_m_readout' in mv:
       mats.update({'init, read-out rows': scaled(mv[f'{p}fig8_m_readout_init']),
                    'trained, read-out rows': scaled(mv[f'{p}fig8_m_readout'])})
-    b_h = 'W_O^h W_V^h' if arch == 'eq6' else 'W_O W_V^h'
     out[f'{p}figure8.png'] = plotting.heatmaps(
-        mats, title=f'Fig 8, {ARCH_LABELS[arch]}: sum_h B_h^T B_h, B_h = {b_h} (d = '
+        mats, title=f'Fig 8, {ARCH_LABELS[arch]}: sum_h B_h^T B_h, B_h = {B_H[arch]} (d = '
                     f'{config.fig8.d}, duplicated, {config.fig8.heads} heads), each / its max '
                     '|entry|')
   n = max(len(h.loss) for h in hists.values())
